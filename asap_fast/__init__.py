@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .llm import LLMError, Reply, SamplingParams, make_backend
-from .matching import (
+from asap_fast.stage1.llm import LLMError, Reply, SamplingParams, make_backend
+from asap_fast.core.matching import (
     METRICS,
     align_steps,
     align_steps_batch,
     similarity,
     similarity_batch,
 )
-from .prompts import PromptTemplate, load_template
-from .scorers import DEFAULT_SCORER
-from .stage1 import CoarseStage, DirectStage, snap_to_original, strip_fences
-from .traces import (
+from asap_fast.stage1.prompts import PromptTemplate, load_template
+from asap_fast.scorers import DEFAULT_SCORER
+from asap_fast.stage1.stages import CoarseStage, DirectStage, snap_to_original, strip_fences
+from asap_fast.core.traces import (
     Trace,
     TraceError,
     parse_trace,
@@ -35,12 +35,12 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 # the text-only commands start in milliseconds: name -> submodule that defines it.
 _LAZY = {
     "ops": None,
-    "SurprisalScorer": ".surprisal",
-    "first_token_surprisal": ".surprisal",
-    "PruneResult": ".pruning",
-    "prune_steps": ".pruning",
-    "prune_steps_iterative": ".pruning",
-    "prune_steps_result": ".pruning",
+    "SurprisalScorer": "asap_fast.stage2.surprisal",
+    "first_token_surprisal": "asap_fast.stage2.surprisal",
+    "PruneResult": "asap_fast.stage2.pruning",
+    "prune_steps": "asap_fast.stage2.pruning",
+    "prune_steps_iterative": "asap_fast.stage2.pruning",
+    "prune_steps_result": "asap_fast.stage2.pruning",
 }
 
 
@@ -50,8 +50,8 @@ def __getattr__(name: str):
     import importlib
 
     if _LAZY[name] is None:
-        return importlib.import_module("." + name, __name__)
-    return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        return importlib.import_module("asap_fast." + name)
+    return getattr(importlib.import_module(_LAZY[name]), name)
 
 
 __all__ = [

@@ -229,7 +229,7 @@ def trace_case(record: dict, *, max_chars: int | None = None, max_prompt_chars: 
     leading steps whose "\\n\\n" join has at most ``max_chars`` characters (at least one step).
     Raises TraceError for a generation without <think> ... </think>.
     """
-    from .traces import parse_trace, split_steps
+    from asap_fast.core.traces import parse_trace, split_steps
 
     trace = parse_trace(record["generation"], require_code=False)
     prompt = record.get("prompt") or ""

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from _common import append_rows, make_row, percentiles, print_table, time_fn  # noqa: E402
 
 import asap_fast as af  # noqa: E402
-from asap_fast.matching import align_steps_ref  # noqa: E402
+from asap_fast.core.matching import align_steps_ref  # noqa: E402
 from asap_fast.simulate import simulate_compression  # noqa: E402
 
 DEFAULT_TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cot-traces.jsonl"

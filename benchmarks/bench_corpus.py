@@ -46,13 +46,13 @@ def main(argv=None) -> None:
     import torch
     from bench_stage2 import reference_stage2
 
-    from asap_fast.corpus import run_corpus
-    from asap_fast.pruning import prune_steps_result
-    from asap_fast.records import read_rows
-    from asap_fast.stage2 import FineStage, add_fine
-    from asap_fast.surprisal import SurprisalScorer, encode_trace
+    from asap_fast.pipeline.engine import run_corpus
+    from asap_fast.stage2.pruning import prune_steps_result
+    from asap_fast.pipeline.records import read_rows
+    from asap_fast.stage2.fine import FineStage, add_fine
+    from asap_fast.stage2.surprisal import SurprisalScorer, encode_trace
     from asap_fast.testing import tiny_causal_lm, tiny_tokenizer, trace_case
-    from asap_fast.traces import TraceError, parse_trace
+    from asap_fast.core.traces import TraceError, parse_trace
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_corpus_"))
     records = []

@@ -87,7 +87,7 @@ def reference_stage2(model, tokenizer, prefix: str, steps: list[str], ratio: flo
     """The reference's stage 2, restated plainly (full logits, full log_softmax, prefix re-tokenization)."""
     import torch
 
-    from asap_fast.pruning import prune_steps_ref
+    from asap_fast.stage2.pruning import prune_steps_ref
 
     text = prefix + "\n\n".join(steps)
     input_ids = torch.tensor([tokenizer.encode(text)])
@@ -112,8 +112,8 @@ def run_worker(spec_path: Path) -> None:
     import torch
     from transformers import PreTrainedTokenizerFast
 
-    from asap_fast.pruning import prune_steps
-    from asap_fast.surprisal import encode_trace, first_token_surprisal
+    from asap_fast.stage2.pruning import prune_steps
+    from asap_fast.stage2.surprisal import encode_trace, first_token_surprisal
     from asap_fast.testing import tiny_causal_lm
 
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
@@ -180,7 +180,7 @@ def run_worker(spec_path: Path) -> None:
 def pick_case(records, tokenizer, target: int):
     """(prefix, steps, n_tokens) from the real trace with the fewest tokens >= target, cut to fit."""
     from asap_fast.testing import trace_case
-    from asap_fast.traces import TraceError
+    from asap_fast.core.traces import TraceError
 
     best = None
     for record in records:

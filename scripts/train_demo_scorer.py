@@ -274,8 +274,8 @@ def pivot_analysis(model, tokenizer, rows: list[dict], max_tokens: int, seed: in
     import asap_fast as af
 
     try:
-        from asap_fast.surprisal import first_token_surprisal
-        engine = "asap_fast.surprisal.first_token_surprisal"
+        from asap_fast.stage2.surprisal import first_token_surprisal
+        engine = "asap_fast.stage2.surprisal.first_token_surprisal"
     except Exception as e:  # noqa: BLE001 - the engine is optional here
         first_token_surprisal, engine = None, f"direct (engine import failed: {type(e).__name__})"
     model.eval()

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import asap_fast as af
-from asap_fast.matching import align_steps_ref
+from asap_fast.core.matching import align_steps_ref
 from asap_fast.simulate import simulate_compression
 
 

@@ -91,7 +91,7 @@ def test_identical_strings_around_autojunk(data):
 
 
 def align_steps_ref_for_copy(a):
-    from asap_fast.matching import align_steps_ref
+    from asap_fast.core.matching import align_steps_ref
 
     return align_steps_ref(a, a)
 

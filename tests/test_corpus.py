@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from asap_fast.corpus import CorpusWriter, RowError, run_corpus
+from asap_fast.pipeline.engine import CorpusWriter, RowError, run_corpus
 
 
 def make_input(path, n=200):
@@ -55,7 +55,7 @@ KILLER = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})
     from test_corpus import process
-    from asap_fast.corpus import run_corpus
+    from asap_fast.pipeline.engine import run_corpus
     calls = 0
     def dying(rows):
         global calls
@@ -119,7 +119,7 @@ def test_stage_returning_wrong_count_is_an_error(tmp_path):
 @pytest.mark.parametrize("out_fmt", ["jsonl.gz", "parquet", "datasets"])
 def test_formats_round_trip_and_resume(tmp_path, in_fmt, out_fmt):
     pytest.importorskip("datasets")
-    from asap_fast.records import read_rows, rejects_path
+    from asap_fast.pipeline.records import read_rows, rejects_path
 
     records = [{"id": f"r{i}", "generation": "g" * (i % 4), "nested": {"k": [i, i + 1]}, "maybe": None if i % 2 else "s"}
                for i in range(40)]
@@ -155,7 +155,7 @@ def test_formats_round_trip_and_resume(tmp_path, in_fmt, out_fmt):
 
 
 def test_progress_line_shows_rates_and_eta(capsys):
-    from asap_fast.corpus import ProgressReporter
+    from asap_fast.pipeline.engine import ProgressReporter
 
     reporter = ProgressReporter("fine", quiet=False, total=100)
     reporter.tty = False
@@ -181,7 +181,7 @@ def test_total_rows_counts_only_what_is_left(tmp_path, capsys):
         def close(self):
             pass
 
-    import asap_fast.corpus as corpus
+    import asap_fast.pipeline.engine as corpus
 
     original = corpus.ProgressReporter
     corpus.ProgressReporter = Spy
@@ -196,7 +196,7 @@ def test_total_rows_counts_only_what_is_left(tmp_path, capsys):
 @pytest.mark.parametrize("out_name", ["out.parquet", "out_ds"])
 def test_parts_with_different_schemas_combine(tmp_path, out_name):
     pytest.importorskip("datasets")
-    from asap_fast.records import read_rows
+    from asap_fast.pipeline.records import read_rows
 
     # First batch: 'extra' always null and 'only_late' absent; second batch: both strings.
     records = [{"id": f"r{i}", "generation": "g", "extra": None if i < 4 else "x"} for i in range(8)]

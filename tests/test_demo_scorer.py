@@ -142,7 +142,7 @@ def test_heldout_loss_far_below_uniform(demo, heldout):
 def test_first_token_surprisal_runs(demo, heldout):
     import asap_fast as af
 
-    surprisal = pytest.importorskip("asap_fast.surprisal")
+    surprisal = pytest.importorskip("asap_fast.stage2.surprisal")
     model, tokenizer = demo
     r = heldout[0]
     steps = af.split_steps(r["think"])[:20]

@@ -16,7 +16,7 @@ from asap_fast.evaluation import (
     run_eval,
     score_samples,
 )
-from asap_fast.evaluation.cli import add_eval
+from asap_fast.cli.eval import add_eval
 from asap_fast.testing import tiny_causal_lm, tiny_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"

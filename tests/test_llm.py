@@ -10,7 +10,7 @@ from llm_server import ChatServer, Scripted, user_content
 
 openai = pytest.importorskip("openai")
 
-from asap_fast.llm import (
+from asap_fast.stage1.llm import (
     Aborted,
     BackendUnavailable,
     EmptyReplyError,

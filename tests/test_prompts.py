@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from asap_fast.prompts import (
+from asap_fast.stage1.prompts import (
     COARSE_TEMPLATE,
     DIRECT_CODE_TEMPLATE,
     DIRECT_MATH_TEMPLATE,
@@ -18,7 +18,7 @@ from asap_fast.prompts import (
     question_text,
     row_kind,
 )
-from asap_fast.traces import TraceError
+from asap_fast.core.traces import TraceError
 
 PAPER = Path(__file__).resolve().parents[2] / "shared" / "PAPER.md"
 GENERATION = "<think>\nLet me think.\n\nSo x = 1.\n</think>\n\nExplained.\n```python\nprint(1)\n```\nDone."

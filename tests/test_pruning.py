@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from asap_fast.pruning import (
+from asap_fast.stage2.pruning import (
     PruneResult,
     prune_scored,
     prune_steps,
@@ -18,9 +18,9 @@ from asap_fast.pruning import (
     prune_steps_iterative_ref,
     prune_steps_ref,
 )
-from asap_fast.surprisal import SurprisalScorer
+from asap_fast.stage2.surprisal import SurprisalScorer
 from asap_fast.testing import DEFAULT_CORPUS, tiny_causal_lm, tiny_tokenizer, trace_case
-from asap_fast.traces import TraceError
+from asap_fast.core.traces import TraceError
 
 MERGE_CORPUS = tuple(DEFAULT_CORPUS) + ("So x\n\nWait y\n\nSo x\n\nWait y.\n\nOk",) * 20
 

@@ -8,7 +8,7 @@ from html.parser import HTMLParser
 import pytest
 
 from asap_fast import cli
-from asap_fast.report import add_report, scale_class, write_report
+from asap_fast.report.html import add_report, scale_class, write_report
 
 
 def trace_row(i: int, n_steps: int, kept: list[int], *, coarse: bool = False, surprisal=None) -> dict:
@@ -258,9 +258,9 @@ def test_real_stage2_output(tmp_path):
     """Rows as `asap fine` writes them (a tiny random model, the sample corpus, a coarse row)."""
     from pathlib import Path
 
-    from asap_fast.records import read_rows
-    from asap_fast.stage2 import FineStage
-    from asap_fast.surprisal import SurprisalScorer
+    from asap_fast.pipeline.records import read_rows
+    from asap_fast.stage2.fine import FineStage
+    from asap_fast.stage2.surprisal import SurprisalScorer
     from asap_fast.testing import tiny_causal_lm, tiny_tokenizer
 
     tokenizer = tiny_tokenizer(vocab_size=800)

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from asap_fast.cli import main
-from asap_fast.corpus import read_rows_range
-from asap_fast.records import read_rows
-from asap_fast.scale import (
+from asap_fast.pipeline.engine import read_rows_range
+from asap_fast.pipeline.records import read_rows
+from asap_fast.pipeline.scale import (
     count_rows,
     merge_shards,
     parse_shard,
@@ -94,8 +94,8 @@ def test_parquet_shards_merge(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from asap_fast.corpus import RowError, run_corpus
-    from asap_fast.scale import shard_plan
+    from asap_fast.pipeline.engine import RowError, run_corpus
+    from asap_fast.pipeline.scale import shard_plan
 
     records = [{"id": str(i), "generation": "x" * (i % 5)} for i in range(50)]
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "in.parquet")

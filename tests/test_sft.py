@@ -24,7 +24,7 @@ pytest.importorskip("accelerate")
 torch = pytest.importorskip("torch")
 
 from asap_fast import sft
-from asap_fast.sft_data import (
+from asap_fast.sft.data import (
     R1_CHAT_TEMPLATE,
     encode_messages,
     iter_messages,
@@ -239,7 +239,7 @@ def test_two_process_ddp_matches_one_process(workspace, tmp_path):
         config = tmp_path / "c.yaml"
         config.write_text("", encoding="utf-8")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
-               "-m", "asap_fast.sft", "--config", str(config), *base(workspace, out, *common)]
+               "-m", "asap_fast.cli", "sft", "--config", str(config), *base(workspace, out, *common)]
         proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert proc.stderr.count("asap sft: 8/8 samples used") == 1

@@ -17,9 +17,9 @@ from llm_server import ChatServer, Scripted, prompt_think, user_content
 
 pytest.importorskip("openai")
 
-from asap_fast.corpus import RowError
-from asap_fast.matching import align_steps
-from asap_fast.stage1 import (
+from asap_fast.pipeline.engine import RowError
+from asap_fast.core.matching import align_steps
+from asap_fast.stage1.stages import (
     CoarseStage,
     add_coarse,
     add_direct,
@@ -475,8 +475,8 @@ def test_hf_backend_end_to_end(tmp_path, tiny_model_dir, capsys):
 
 
 def test_process_api_returns_row_errors(tiny_model_dir):
-    from asap_fast.llm import HFBackend
-    from asap_fast.stage1 import DirectStage
+    from asap_fast.stage1.llm import HFBackend
+    from asap_fast.stage1.stages import DirectStage
 
     with HFBackend(str(tiny_model_dir), batch_size=4) as backend:
         stage = DirectStage(backend, prompt="code")
@@ -487,8 +487,8 @@ def test_process_api_returns_row_errors(tiny_model_dir):
 
 
 def test_progress_line_has_rate_eta_and_counters(tmp_path):
-    from asap_fast.llm import OpenAIBackend
-    from asap_fast.stage1 import _Progress
+    from asap_fast.stage1.llm import OpenAIBackend
+    from asap_fast.stage1.stages import _Progress
 
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     write_rows(src, coarse_rows(30)[:30])

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import asap_fast as af
-from asap_fast.pruning import prune_steps_ref
-from asap_fast.surprisal import first_token_surprisal
+from asap_fast.stage2.pruning import prune_steps_ref
+from asap_fast.stage2.surprisal import first_token_surprisal
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "sample-traces.jsonl"
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from asap_fast.surprisal import (
+from asap_fast.stage2.surprisal import (
     HeadPlan,
     SurprisalScorer,
     encode_trace,
@@ -20,7 +20,7 @@ from asap_fast.surprisal import (
     step_char_starts,
 )
 from asap_fast.testing import DEFAULT_CORPUS, tiny_causal_lm, tiny_tokenizer, trace_case
-from asap_fast.traces import TraceError
+from asap_fast.core.traces import TraceError
 
 # A corpus on which BPE without a pre-tokenizer learns tokens spanning "\n\n" and whole steps.
 MERGE_CORPUS = tuple(DEFAULT_CORPUS) + ("So x\n\nWait y\n\nSo x\n\nWait y.\n\nOk",) * 20

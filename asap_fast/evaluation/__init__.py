@@ -12,9 +12,9 @@ generated tokens and latency (the command ``asap eval``).
 The same from the command line: ``asap eval --benchmark humaneval_plus --data ... --model ...``.
 """
 
-from .benchmarks import BENCHMARKS, Benchmark, Problem, get_benchmark, read_rows
-from .extract import extract_code
-from .generate import (
+from asap_fast.evaluation.benchmarks import BENCHMARKS, Benchmark, Problem, get_benchmark, read_rows
+from asap_fast.evaluation.extract import extract_code
+from asap_fast.evaluation.generate import (
     BackendUnavailable,
     Generation,
     GenerationRun,
@@ -23,9 +23,9 @@ from .generate import (
     build_prompt,
     load_generator,
 )
-from .metrics import pass_at_k, pass_at_k_table, percentile
-from .pipeline import EvalConfig, read_generations, run_eval, write_generations
-from .sandbox import (
+from asap_fast.evaluation.metrics import pass_at_k, pass_at_k_table, percentile
+from asap_fast.evaluation.pipeline import EvalConfig, read_generations, run_eval, write_generations
+from asap_fast.evaluation.sandbox import (
     SandboxJob,
     SandboxLimits,
     SandboxResult,
@@ -34,7 +34,7 @@ from .sandbox import (
     run_jobs,
     run_program,
 )
-from .score import REASONS, Sample, SampleResult, score_samples, summarize
+from asap_fast.evaluation.score import REASONS, Sample, SampleResult, score_samples, summarize
 
 __all__ = [
     "BENCHMARKS",

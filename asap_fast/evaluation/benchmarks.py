@@ -41,8 +41,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._sandbox_main import LCB_PRELUDE
-from .sandbox import SandboxJob
+from asap_fast.evaluation._sandbox_main import LCB_PRELUDE
+from asap_fast.evaluation.sandbox import SandboxJob
 
 __all__ = [
     "BENCHMARKS",

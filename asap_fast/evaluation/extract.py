@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..traces import THINK_CLOSE, first_python_block
+from asap_fast.core.traces import THINK_CLOSE, first_python_block
 
 __all__ = ["extract_code"]
 

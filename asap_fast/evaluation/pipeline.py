@@ -10,9 +10,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .benchmarks import Problem, get_benchmark
-from .sandbox import GiB, SandboxLimits, isolation_report
-from .score import Sample, score_samples, summarize
+from asap_fast.evaluation.benchmarks import Problem, get_benchmark
+from asap_fast.evaluation.sandbox import GiB, SandboxLimits, isolation_report
+from asap_fast.evaluation.score import Sample, score_samples, summarize
 
 __all__ = ["EvalConfig", "read_generations", "run_eval", "write_generations"]
 
@@ -97,7 +97,7 @@ def write_generations(path: str | Path, samples: list[Sample]) -> None:
 
 
 def _generate(cfg: EvalConfig, problems: list[Problem], max_new_tokens: int, log) -> tuple[list[Sample], float, dict]:
-    from .generate import build_prompt, load_generator
+    from asap_fast.evaluation.generate import build_prompt, load_generator
 
     generator = load_generator(
         cfg.backend, cfg.model, tensor_parallel_size=cfg.tensor_parallel_size, dtype=cfg.dtype,

@@ -6,10 +6,10 @@ import signal as _signal
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 
-from .benchmarks import Benchmark, Problem, get_benchmark
-from .extract import extract_code
-from .metrics import mean_or_none, pass_at_k_table, percentile
-from .sandbox import SandboxLimits, SandboxResult, run_jobs
+from asap_fast.evaluation.benchmarks import Benchmark, Problem, get_benchmark
+from asap_fast.evaluation.extract import extract_code
+from asap_fast.evaluation.metrics import mean_or_none, pass_at_k_table, percentile
+from asap_fast.evaluation.sandbox import SandboxLimits, SandboxResult, run_jobs
 
 __all__ = ["REASONS", "Sample", "SampleResult", "score_samples", "summarize"]
 

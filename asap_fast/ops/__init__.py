@@ -6,12 +6,12 @@ Each op takes ``impl="auto" | "triton" | "torch"``; the choice is made in one pl
 only: no autograd).
 """
 
-from ._dispatch import ENV_VAR, IMPLS
-from .linear_logsoftmax_gather import (
+from asap_fast.ops._dispatch import ENV_VAR, IMPLS
+from asap_fast.ops.linear_logsoftmax_gather import (
     linear_logsoftmax_gather,
     linear_logsoftmax_gather_ref,
 )
-from .logsoftmax_gather import logsoftmax_gather, logsoftmax_gather_ref
+from asap_fast.ops.logsoftmax_gather import logsoftmax_gather, logsoftmax_gather_ref
 
 __all__ = [
     "ENV_VAR",

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import (
+from asap_fast.ops._dispatch import (
     FLOAT_DTYPES,
     TORCH_CHUNK_BYTES,
     TRITON_INTERPRETED,

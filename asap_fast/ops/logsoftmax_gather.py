@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dispatch import (
+from asap_fast.ops._dispatch import (
     TORCH_CHUNK_BYTES,
     check_float_matrix,
     check_impl,

@@ -35,7 +35,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .records import check_input, format_of, open_text, rejects_path
+from asap_fast.pipeline.records import check_input, format_of, open_text, rejects_path
 
 __all__ = ["add_merge", "add_scale_options", "count_rows", "merge_shards", "parse_shard", "shard_plan",
            "RayProcessor"]
@@ -248,7 +248,7 @@ def _merge_tables(out: Path, fmt: str, shards: list[Path]) -> int:
 
 
 def add_merge(subparsers) -> None:
-    from .cli import PATH_HELP
+    from asap_fast.cli import PATH_HELP
 
     p = subparsers.add_parser(
         "merge",
@@ -318,7 +318,7 @@ class _ScorerActor:
     def __call__(self, batch: dict) -> dict:
         import numpy as np
 
-        from .corpus import RowError
+        from asap_fast.pipeline.engine import RowError
 
         rows = [pickle.loads(b) for b in batch["row"]]
         before = getattr(self.stage, "tokens_scored", 0)
@@ -360,7 +360,7 @@ class RayProcessor:
 
     def __call__(self, rows) -> list:
 
-        from .corpus import RowError
+        from asap_fast.pipeline.engine import RowError
 
         if not rows:
             return []

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from . import _core
+from asap_fast import _core
 
 METRICS = ("difflib", "indel")
 

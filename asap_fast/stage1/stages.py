@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .corpus import RowError, run_corpus
-from .llm import (
+from asap_fast.pipeline.engine import RowError, run_corpus
+from asap_fast.stage1.llm import (
     Aborted,
     Backend,
     EmptyReplyError,
@@ -43,8 +43,8 @@ from .llm import (
     make_backend,
     parse_engine_args,
 )
-from .matching import METRICS, align_steps, similarity
-from .prompts import (
+from asap_fast.core.matching import METRICS, align_steps, similarity
+from asap_fast.stage1.prompts import (
     PROMPT_CHOICES,
     PromptTemplate,
     coarse_template,
@@ -54,8 +54,8 @@ from .prompts import (
     question_text,
     row_kind,
 )
-from .records import Row, check_input
-from .traces import TraceError, parse_trace
+from asap_fast.pipeline.records import Row, check_input
+from asap_fast.core.traces import TraceError, parse_trace
 
 __all__ = [
     "COARSE_PARAMS",

@@ -8,7 +8,7 @@ __all__ = ["add_eval", "run_eval_command"]
 
 
 def add_eval(subparsers) -> None:
-    from .benchmarks import BENCHMARKS
+    from asap_fast.evaluation.benchmarks import BENCHMARKS
 
     names = ", ".join(f"{b.name} ({'/'.join(b.aliases)})" for b in BENCHMARKS.values())
     p = subparsers.add_parser(
@@ -79,8 +79,8 @@ def add_eval(subparsers) -> None:
 
 
 def run_eval_command(args) -> int:
-    from .generate import BackendUnavailable
-    from .pipeline import EvalConfig, run_eval
+    from asap_fast.evaluation.generate import BackendUnavailable
+    from asap_fast.evaluation.pipeline import EvalConfig, run_eval
 
     cfg = EvalConfig(
         benchmark=args.benchmark, data=args.data, out=args.out, model=args.model, backend=args.backend,

@@ -9,16 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__
-from .compress import add_compress
-from .corpus import RowError, run_corpus
-from .evaluation.cli import add_eval
-from .report import add_report
-from .scale import add_merge
-from .sft import add_sft
-from .stage1 import add_coarse, add_direct
-from .stage2 import add_fine
-from .traces import TraceError, parse_trace, split_steps_batch
+from asap_fast import __version__
+from asap_fast.pipeline.compress import add_compress
+from asap_fast.pipeline.engine import RowError, run_corpus
+from asap_fast.cli.eval import add_eval
+from asap_fast.report.html import add_report
+from asap_fast.pipeline.scale import add_merge
+from asap_fast.sft.train import add_sft
+from asap_fast.stage1.stages import add_coarse, add_direct
+from asap_fast.stage2.fine import add_fine
+from asap_fast.core.traces import TraceError, parse_trace, split_steps_batch
 
 PATH_HELP = "a .jsonl, .jsonl.gz or .parquet file, or any other path as a datasets save_to_disk directory"
 
@@ -82,7 +82,7 @@ def report(summary, args) -> None:
     print(summary.line(), file=sys.stderr)
     for reason, count in summary.reasons.most_common():
         print(f"  rejected {count}: {reason}", file=sys.stderr)
-    from .records import rejects_path
+    from asap_fast.pipeline.records import rejects_path
 
     print(f"  output: {args.output}  rejects: {rejects_path(args.output)}", file=sys.stderr)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .corpus import RowError, run_corpus
-from .records import Row, check_input
-from .stage2 import FineStage, add_stage2_options, load_scorer
+from asap_fast.pipeline.engine import RowError, run_corpus
+from asap_fast.pipeline.records import Row, check_input
+from asap_fast.stage2.fine import FineStage, add_stage2_options, load_scorer
 
 __all__ = ["CompressStage", "add_compress"]
 
@@ -57,12 +57,12 @@ class CompressStage:
 
 
 def add_compress(subparsers) -> None:
-    from .cli import PATH_HELP
-    from .llm import SamplingParams  # noqa: F401  (the stage-1 defaults below come from stage1)
-    from .matching import METRICS
-    from .prompts import PROMPT_CHOICES
-    from .scale import add_shard_option
-    from .stage1 import COARSE_PARAMS, DIRECT_PARAMS, _positive_int
+    from asap_fast.cli import PATH_HELP
+    from asap_fast.stage1.llm import SamplingParams  # noqa: F401  (the stage-1 defaults below come from stage1)
+    from asap_fast.core.matching import METRICS
+    from asap_fast.stage1.prompts import PROMPT_CHOICES
+    from asap_fast.pipeline.scale import add_shard_option
+    from asap_fast.stage1.stages import COARSE_PARAMS, DIRECT_PARAMS, _positive_int
 
     p = subparsers.add_parser(
         "compress",
@@ -130,12 +130,12 @@ def add_compress(subparsers) -> None:
 
 
 def run_compress(args) -> int:
-    from .cli import report
-    from .llm import LLMError, SamplingParams, make_backend, parse_engine_args
-    from .prompts import load_template
-    from .scale import shard_plan
-    from .stage1 import CoarseStage, DirectStage, llm_cache_path
-    from .stage2 import fine_stage
+    from asap_fast.cli import report
+    from asap_fast.stage1.llm import LLMError, SamplingParams, make_backend, parse_engine_args
+    from asap_fast.stage1.prompts import load_template
+    from asap_fast.pipeline.scale import shard_plan
+    from asap_fast.stage1.stages import CoarseStage, DirectStage, llm_cache_path
+    from asap_fast.stage2.fine import fine_stage
 
     check_input(args.input)
     if not args.skip_coarse and not args.llm:

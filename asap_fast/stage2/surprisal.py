@@ -256,7 +256,7 @@ class SurprisalScorer:
         head: str = "auto",
         impl: str = "auto",
     ):
-        from .ops import IMPLS
+        from asap_fast.ops import IMPLS
 
         _check_fast_tokenizer(tokenizer)
         if impl not in IMPLS:
@@ -425,7 +425,7 @@ class SurprisalScorer:
         transformers Cache holding the KV of the tokens before input_ids, B == 1) the forward
         continues from it and the cache is extended in place.
         """
-        from .ops import linear_logsoftmax_gather, logsoftmax_gather
+        from asap_fast.ops import linear_logsoftmax_gather, logsoftmax_gather
 
         device = self.device
         input_ids = input_ids.to(device)
@@ -496,7 +496,7 @@ class SurprisalScorer:
         mode "global": the reference's rule on one scoring pass (:func:`asap_fast.prune_steps`).
         mode "iterative": re-score after each removal (:func:`asap_fast.pruning.prune_steps_iterative`).
         """
-        from .pruning import prune_scored
+        from asap_fast.stage2.pruning import prune_scored
 
         return prune_scored(self, prefix, steps, max_tokens=max_tokens, ratio=ratio, mode=mode,
                             steps_per_round=steps_per_round)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .surprisal import (
+from asap_fast.stage2.surprisal import (
     SEPARATOR,
     SurprisalScorer,
     _check_trace,

@@ -25,8 +25,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .records import check_input, read_rows
-from .traces import TraceError, parse_trace, split_steps
+from asap_fast.pipeline.records import check_input, read_rows
+from asap_fast.core.traces import TraceError, parse_trace, split_steps
 
 STAGE2_FIELDS = ("step_surprisal", "kept_steps", "tokens_before", "tokens_after")
 
@@ -602,7 +602,7 @@ def write_report(input, output_html, *, max_traces: int = 50, title: str | None 
 
 
 def add_report(subparsers) -> None:
-    from .cli import PATH_HELP
+    from asap_fast.cli import PATH_HELP
 
     p = subparsers.add_parser(
         "report",

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .traces import TraceError, parse_trace
+from asap_fast.core.traces import TraceError, parse_trace
 
 __all__ = [
     "COARSE_TEMPLATE",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import _core
+from asap_fast import _core
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

@@ -6,7 +6,7 @@ every token. How rows become token ids is in ``asap_fast.sft_data``; this module
 checks everything that can be checked before training, builds the trainer and reports.
 
     asap sft --config configs/sft/r1-distill-qwen-7b.yaml dataset=out/fine.jsonl output_dir=runs/q7b
-    accelerate launch --config_file configs/accelerate/fsdp.yaml -m asap_fast.sft --config ...
+    accelerate launch --config_file configs/accelerate/fsdp.yaml -m asap_fast.cli sft --config ...
 
 Why the data is tokenized here and handed to TRL as ``input_ids`` + ``labels`` (+ ``completion_mask``
 with ``completion_only_loss=True``): every TRL release from 0.20 to 1.x uses a ``labels`` column as
@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .sft_data import (
+from asap_fast.sft.data import (
     PreparedData,
     ensure_chat_template,
     iter_messages,
@@ -643,7 +643,7 @@ _DESCRIPTION = (
     "accumulation 16, cosine_with_min_lr with min_lr_rate 0.1, warmup 0.03, max_grad_norm 0.2, max_length "
     "16384, gradient checkpointing, seed 42). Samples longer than max_length are dropped and counted, never "
     "truncated; the loss covers the assistant response only. Multi-GPU / multi-node: accelerate launch "
-    "--config_file configs/accelerate/{ddp,fsdp,zero3}.yaml -m asap_fast.sft --config CONFIG [KEY=VALUE ...]."
+    "--config_file configs/accelerate/{ddp,fsdp,zero3}.yaml -m asap_fast.cli sft --config CONFIG [KEY=VALUE ...]."
 )
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .records import read_jsonl
+from asap_fast.pipeline.records import read_jsonl
 
 __all__ = [
     "R1_CHAT_TEMPLATE",

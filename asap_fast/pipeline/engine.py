@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .records import Row, check_input, format_of, read_rows, rejects_path
+from asap_fast.pipeline.records import Row, check_input, format_of, read_rows, rejects_path
 
 
 class RowError(Exception):
@@ -404,7 +404,7 @@ def read_rows_range(input: str | os.PathLike, start: int = 0, stop: int | None =
 
 
 def _jsonl_range(path: Path, start: int, stop: int | None) -> Iterator[Row]:
-    from .records import open_text
+    from asap_fast.pipeline.records import open_text
 
     k = 0
     with open_text(path, "r") as f:

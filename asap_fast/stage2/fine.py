@@ -13,9 +13,9 @@ import math
 import sys
 from collections.abc import Sequence
 
-from .corpus import RowError, run_corpus
-from .records import Row
-from .traces import TraceError, parse_trace, split_steps
+from asap_fast.pipeline.engine import RowError, run_corpus
+from asap_fast.pipeline.records import Row
+from asap_fast.core.traces import TraceError, parse_trace, split_steps
 
 PROMPT_SUFFIX = "\n<think>\n"  # the paper's raw-text context: prompt, then the opened think block
 THINK_FIELDS = ("auto", "think", "coarse_think")
@@ -52,7 +52,7 @@ class FineStage:
 
     def __init__(self, scorer, *, max_tokens: int | None = 4096, ratio: float | None = None,
                  mode: str = "global", steps_per_round: int = 1, think_field: str = "auto", task: str = "auto"):
-        from .pruning import MODES, check_budget
+        from asap_fast.stage2.pruning import MODES, check_budget
 
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -86,7 +86,7 @@ class FineStage:
 
     def process(self, rows: Sequence[Row]) -> list:
         """Output record or RowError for each row, in order."""
-        from .pruning import prune_steps_result
+        from asap_fast.stage2.pruning import prune_steps_result
 
         results: list = [None] * len(rows)
         prepared = {}
@@ -165,8 +165,8 @@ def load_scorer(args, stage: str):
     pruning options are checked first, so a bad one fails before a model is loaded."""
     import torch
 
-    from .pruning import check_budget
-    from .surprisal import SurprisalScorer
+    from asap_fast.stage2.pruning import check_budget
+    from asap_fast.stage2.surprisal import SurprisalScorer
 
     check_budget(None if args.ratio is not None else args.budget, args.ratio)
     if args.steps_per_round < 1:
@@ -175,7 +175,7 @@ def load_scorer(args, stage: str):
     model = args.model
     if model is None:
         try:
-            from .scorers import DEFAULT_SCORER
+            from asap_fast.scorers import DEFAULT_SCORER
         except ImportError:
             DEFAULT_SCORER = None
         if DEFAULT_SCORER is None:
@@ -202,7 +202,7 @@ def fine_stage(args, scorer) -> FineStage:
 
 
 def add_fine(subparsers) -> None:
-    from .cli import PATH_HELP
+    from asap_fast.cli import PATH_HELP
 
     p = subparsers.add_parser(
         "fine",
@@ -224,7 +224,7 @@ def add_fine(subparsers) -> None:
     p.add_argument("--commit-seconds", type=float, default=2.0, metavar="S",
                    help="commit output at most this often (default: 2)")
     p.add_argument("--quiet", action="store_true", help="print only errors")
-    from .scale import add_scale_options
+    from asap_fast.pipeline.scale import add_scale_options
 
     add_scale_options(p)
     p.set_defaults(func=run_fine)
@@ -236,9 +236,9 @@ def _make_fine(args) -> FineStage:
 
 
 def run_fine(args) -> int:
-    from .cli import report
-    from .records import check_input
-    from .scale import RayProcessor, count_rows, shard_plan
+    from asap_fast.cli import report
+    from asap_fast.pipeline.records import check_input
+    from asap_fast.pipeline.scale import RayProcessor, count_rows, shard_plan
 
     check_input(args.input)
     rows, meta = shard_plan(args.input, getattr(args, "shard", None))
