@@ -1,13 +1,10 @@
-"""``asap eval``: registered by ``asap_fast.cli`` through ``add_eval(subparsers)``."""
+"""``asap eval``."""
 
 from __future__ import annotations
 
 import sys
 
-__all__ = ["add_eval", "run_eval_command"]
-
-
-def add_eval(subparsers) -> None:
+def add(subparsers) -> None:
     from asap_fast.evaluation.benchmarks import BENCHMARKS
 
     names = ", ".join(f"{b.name} ({'/'.join(b.aliases)})" for b in BENCHMARKS.values())
@@ -75,10 +72,10 @@ def add_eval(subparsers) -> None:
     ex.add_argument("--memory-gb", type=float, default=4.0,
                     help="address-space limit per sandboxed process, GiB (default: 4)")
     p.add_argument("--quiet", action="store_true", help="print only errors")
-    p.set_defaults(func=run_eval_command)
+    p.set_defaults(func=run)
 
 
-def run_eval_command(args) -> int:
+def run(args) -> int:
     from asap_fast.evaluation.generate import BackendUnavailable
     from asap_fast.evaluation.pipeline import EvalConfig, run_eval
 

@@ -1,21 +1,21 @@
-"""Resumable corpus runs: rows stream in, are processed in batches, and are committed durably in
-input order, so a killed run resumes exactly where its last commit ended.
+"""The run engine: every corpus command reads rows, processes them in batches, and commits the
+results durably in input order, so a stopped run resumes exactly where its last commit ended.
 
 Layout of a run writing OUT:
 
     OUT                      processed rows, every input field kept plus the stage's fields
     OUT.rejects.jsonl        {"id", "stage", "error"} for each row that could not be processed
                              (``a.jsonl`` -> ``a.rejects.jsonl``; a datasets directory: OUT/rejects.jsonl)
-    OUT.progress.json        {"rows", "out", "rejects_bytes"}: what the last commit made durable
+    OUT.manifest.json        what determines OUT's bytes (see asap_fast.pipeline.manifest)
+    OUT.progress.json        {"rows", "out", "rejects_bytes", ...}: what the last commit made durable
     OUT.parts/               (Parquet and datasets outputs) one Parquet part per commit
 
 A commit appends the buffered rows (JSONL: to OUT itself, a ``.gz`` output getting one gzip member
 per commit, which concatenated make a valid gzip file; Parquet / datasets: as a new part), fsyncs,
 then atomically replaces the progress file. On restart the outputs are cut back to the committed
-state, which drops anything a kill tore mid-write, and the first ``rows`` input rows are skipped.
-A run that reaches the end of its input assembles Parquet / datasets output from the parts. Rows are committed in input
-order, so an interrupted and resumed run writes exactly what an uninterrupted one would: nothing
-lost, nothing twice.
+state, which drops anything a kill tore mid-write, and the first ``rows`` input rows are skipped. A
+commit that fails (a full disk) is cut back the same way before the error is raised. Ctrl-C (or
+SIGTERM) commits every finished row and raises :class:`Interrupted`.
 """
 
 from __future__ import annotations
@@ -24,38 +24,100 @@ import gzip
 import json
 import os
 import shutil
-import sys
+import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asap_fast.pipeline.records import Row, check_input, format_of, read_rows, rejects_path
+from asap_fast.core.errors import RowError
+from asap_fast.pipeline.manifest import build_manifest, check_same, read_manifest
+from asap_fast.pipeline.progress import Progress
+from asap_fast.pipeline.records import (
+    InputDamaged,
+    Row,
+    check_input,
+    count_rows,
+    format_of,
+    read_rows,
+    rejects_path,
+    sidecar,
+    unwritable_text,
+)
+
+__all__ = ["Interrupted", "OutputError", "RunOptions", "Summary", "run_corpus", "remove_run"]
 
 
-class RowError(Exception):
-    """Raised (or returned) by a stage for one row it cannot process; the message is one line.
-    ``stage`` (optional) names the stage in the reject when it is not the run's own (``asap compress``)."""
+class Interrupted(Exception):
+    """Ctrl-C / SIGTERM: every finished row was committed; re-running the same command resumes."""
 
-    stage: str | None = None
+    def __init__(self, rows: int):
+        self.rows = rows
+        super().__init__(f"interrupted after {rows} rows; run the same command again to resume")
+
+
+class OutputError(OSError):
+    """OUT (or a file beside it) cannot be written; one line naming the path and the cause."""
+
+    def __init__(self, path: Path, cause: OSError):
+        self.path = path
+        super().__init__(cause.errno, f"cannot write {path}: {cause.strerror or cause}")
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run is executed; none of these changes OUT's bytes, so they may differ on resume.
+
+    batch:          readable rows per ``process`` call
+    commit_seconds: make finished rows durable at most this often (and at the end)
+    quiet:          no progress output
+    overwrite:      start OUT afresh instead of resuming (or refusing a mismatch)
+    """
+
+    batch: int = 64
+    commit_seconds: float = 2.0
+    quiet: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if not self.commit_seconds >= 0:
+            raise ValueError(f"commit seconds must be >= 0, got {self.commit_seconds}")
 
 
 @dataclass
 class Summary:
     stage: str
+    output: Path
     rows: int = 0  # rows handled by this invocation
     written: int = 0
     rejected: int = 0
     resumed_from: int = 0  # rows a previous run had already committed
     seconds: float = 0.0
     reasons: Counter = field(default_factory=Counter)
+    tokens_before: int = 0  # of the rows written that carry stage-2 fields
+    tokens_after: int = 0
+    steps: int = 0
+    steps_kept: int = 0
 
-    def line(self) -> str:
+    def lines(self) -> list[str]:
         rate = self.rows / self.seconds if self.seconds > 0 else 0.0
         resumed = f", resumed after {self.resumed_from}" if self.resumed_from else ""
-        return (f"asap {self.stage}: {self.rows} rows ({self.written} written, {self.rejected} rejected) "
-                f"in {self.seconds:.2f}s, {rate:.1f} rows/s{resumed}")
+        out = [f"asap {self.stage}: {self.rows} rows ({self.written} written, {self.rejected} rejected) "
+               f"in {self.seconds:.2f}s, {rate:.2f} rows/s{resumed}"]
+        out += [f"  rejected {count}: {reason}" for reason, count in self.reasons.most_common()]
+        if self.tokens_before:
+            ratio = self.tokens_after / self.tokens_before
+            out.append(f"  trace tokens {self.tokens_before:,} -> {self.tokens_after:,} (x{ratio:.3f}), "
+                       f"steps kept {self.steps_kept:,} of {self.steps:,}; "
+                       f"{self.tokens_before / max(self.seconds, 1e-9):,.0f} trace tokens/s")
+        out.append(f"  wrote {self.output} and {rejects_path(self.output)}")
+        return out
 
 
 def _fsync_dir(path: Path) -> None:
@@ -66,26 +128,42 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _open_truncated(path: Path, size: int):
+    f = path.open("a+b")
+    f.truncate(size)  # drops a tail a stopped run wrote after its last commit
+    f.seek(size)
+    return f
+
+
 class _JsonlSink:
     """OUT as one JSON Lines file (gzip: one member per commit); its state is the committed size."""
 
     def __init__(self, path: Path, committed: int):
         self.path, self.gzip = path, path.name.endswith(".gz")
+        self.committed = committed
         self.file = _open_truncated(path, committed)
 
     def exists(self) -> bool:
         return self.path.exists() and self.path.stat().st_size > 0
 
-    def commit(self, records: list[dict]) -> int:
-        if records:
-            data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8")
+    def commit(self, lines: list[bytes]) -> int:
+        if lines:
+            data = b"".join(lines)
             self.file.write(gzip.compress(data, mtime=0) if self.gzip else data)
         self.file.flush()
         os.fsync(self.file.fileno())
-        return self.file.tell()
+        self.committed = self.file.tell()
+        return self.committed
+
+    def rollback(self) -> None:
+        self.file.seek(self.committed)
+        self.file.truncate(self.committed)
 
     def finish(self) -> None:
         self.file.close()
+
+    def state(self) -> int:
+        return self.committed
 
 
 class _PartsSink:
@@ -94,10 +172,13 @@ class _PartsSink:
 
     def __init__(self, path: Path, fmt: str, committed: int):
         self.path, self.fmt, self.parts = path, fmt, committed
-        self.dir = path.with_name(path.name + ".parts")
+        self.dir = sidecar(path, "parts")
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.rollback()
+
+    def rollback(self) -> None:
         for part in self.dir.glob("part-*.parquet*"):  # written after the last commit: torn or unrecorded
-            if not part.name.endswith(".parquet") or int(part.stem.split("-")[1]) >= committed:
+            if not part.name.endswith(".parquet") or int(part.stem.split("-")[1]) >= self.parts:
                 part.unlink()
 
     def exists(self) -> bool:
@@ -105,10 +186,10 @@ class _PartsSink:
             return self.path.exists()
         return self.path.is_dir() and any(p.name != "rejects.jsonl" for p in self.path.iterdir())
 
-    def commit(self, records: list[dict]) -> int:
-        if records:
+    def commit(self, lines: list[bytes]) -> int:
+        if lines:
             pa, pq = _pyarrow()
-            table = pa.Table.from_pylist(records)
+            table = pa.Table.from_pylist([json.loads(line) for line in lines])
             part = self.dir / f"part-{self.parts:06d}.parquet"
             tmp = part.with_name(part.name + ".tmp")
             pq.write_table(table, tmp)
@@ -117,6 +198,9 @@ class _PartsSink:
             os.replace(tmp, part)
             _fsync_dir(self.dir)
             self.parts += 1
+        return self.parts
+
+    def state(self) -> int:
         return self.parts
 
     def finish(self) -> None:
@@ -159,140 +243,192 @@ def _pyarrow():
     return pa, pq
 
 
-def _open_truncated(path: Path, size: int):
-    f = path.open("a+b")
-    f.truncate(size)  # drops a tail a killed run wrote after its last commit
-    f.seek(size)
-    return f
+def run_files(output: str | os.PathLike) -> list[Path]:
+    """Every file a run writing ``output`` may create (OUT first)."""
+    out = Path(output)
+    return [out, rejects_path(out), sidecar(out, "progress.json"), sidecar(out, "manifest.json"),
+            sidecar(out, "parts")]
+
+
+def remove_run(output: str | os.PathLike) -> None:
+    """Delete what a run writing ``output`` left (``--overwrite``)."""
+    for path in run_files(output):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 class CorpusWriter:
     """Appends output and reject lines and commits them durably (see the module docstring)."""
 
-    def __init__(self, output: str | os.PathLike, *, stage: str, meta: dict | None = None):
-        """``meta``: extra keys kept in the progress file (a shard's slice: see asap_fast.scale); a
-        resumed run must name the same ``shard`` and ``input_rows`` as the run that began OUT."""
+    def __init__(self, output: str | os.PathLike, *, stage: str, manifest: dict | None = None,
+                 meta: dict | None = None, overwrite: bool = False):
+        """``manifest``: what determines OUT's bytes; a resumed run must have an equal one.
+        ``meta``: extra keys kept in the progress file (a shard's slice, see asap_fast.pipeline.shards)."""
         self.stage = stage
         self.meta = dict(meta or {})
         self.out_path = Path(output)
         fmt = format_of(self.out_path)
         self.rejects_path = rejects_path(self.out_path)
-        self.progress_path = self.out_path.with_name(self.out_path.name + ".progress.json")
-        self.out_path.parent.mkdir(parents=True, exist_ok=True)
+        self.progress_path = sidecar(self.out_path, "progress.json")
+        self.manifest_path = sidecar(self.out_path, "manifest.json")
+        try:
+            self.out_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(self.out_path.parent, e) from None
+        if overwrite:
+            try:
+                remove_run(self.out_path)
+            except OSError as e:
+                raise OutputError(self.out_path, e) from None
 
         self.rows, out_state, rejects_bytes = 0, 0, 0
         resumed = self.progress_path.exists()
         if resumed:
+            recorded = read_manifest(self.manifest_path)
+            if recorded is None:
+                raise ValueError(f"{self.out_path} has no {self.manifest_path.name} (written by an older asap); "
+                                 f"pass --overwrite to start it afresh")
+            if manifest is not None:
+                check_same(recorded, manifest, self.out_path)
             progress = json.loads(self.progress_path.read_text(encoding="utf-8"))
             self.rows, out_state, rejects_bytes = progress["rows"], progress["out"], progress["rejects_bytes"]
-            for key in ("shard", "input_rows"):
-                if progress.get(key) != self.meta.get(key):
-                    raise ValueError(f"{self.out_path} was begun with {key} {_show(progress.get(key))}, not "
-                                     f"{_show(self.meta.get(key))}; resume it with the same options or choose another OUT")
-        if fmt in ("jsonl", "jsonl.gz"):
-            if not resumed and self.out_path.exists() and self.out_path.stat().st_size > 0:
-                raise self._foreign()
-            self._sink = _JsonlSink(self.out_path, out_state)
-        else:
-            self._sink = _PartsSink(self.out_path, fmt, out_state)
-            if not resumed and self._sink.exists():
-                raise self._foreign()
-        # The progress file exists before any output does, so a kill during the first commit
-        # still leaves OUT recognisable as ours (and truncated back to empty on resume).
-        self._write_progress(out_state, rejects_bytes)
-        self.rejects_path.parent.mkdir(parents=True, exist_ok=True)
-        self._rejects = _open_truncated(self.rejects_path, rejects_bytes)
-        self._out_records: list[dict] = []
-        self._reject_lines: list[str] = []
+        try:
+            if fmt in ("jsonl", "jsonl.gz"):
+                if not resumed and self.out_path.exists() and self.out_path.stat().st_size > 0:
+                    raise self._foreign()
+                self._sink = _JsonlSink(self.out_path, out_state)
+            else:
+                self._sink = _PartsSink(self.out_path, fmt, out_state)
+                if not resumed and self._sink.exists():
+                    raise self._foreign()
+            if not resumed:
+                self._write_json(self.manifest_path, manifest or {})
+            # The progress file exists before any output does, so a kill during the first commit
+            # still leaves OUT recognisable as ours (and truncated back to empty on resume).
+            self._write_progress(out_state, rejects_bytes)
+            self.rejects_path.parent.mkdir(parents=True, exist_ok=True)
+            self._rejects = _open_truncated(self.rejects_path, rejects_bytes)
+        except OSError as e:
+            raise OutputError(Path(e.filename) if e.filename else self.out_path, e) from None
+        self._rejects_committed = rejects_bytes
+        self._out_lines: list[bytes] = []
+        self._reject_lines: list[bytes] = []
         self._pending_rows = 0
 
     def _foreign(self) -> ValueError:
         return ValueError(f"{self.out_path} exists but was not written by a resumable asap run "
-                          f"(no {self.progress_path.name}); remove it or choose another OUT")
+                          f"(no {self.progress_path.name}); remove it, choose another OUT or pass --overwrite")
 
-    def write(self, record: dict) -> None:
-        self._out_records.append(record)
+    def write(self, row: Row, record: dict) -> bool:
+        """Buffer one output row; a record that cannot be written as UTF-8 becomes a reject.
+        Returns whether it was written."""
+        try:
+            line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        except UnicodeEncodeError:
+            self.reject(row, unwritable_text(record) or "row cannot be written as UTF-8")
+            return False
+        self._out_lines.append(line)
         self._pending_rows += 1
+        return True
 
     def reject(self, row: Row, error: str, stage: str | None = None) -> None:
         entry = {"id": row.id, "stage": stage or self.stage, "error": " ".join(str(error).split())}
-        self._reject_lines.append(json.dumps(entry, ensure_ascii=False) + "\n")
+        try:
+            line = (json.dumps(entry, ensure_ascii=False) + "\n").encode("utf-8")
+        except UnicodeEncodeError:  # an id with a lone surrogate: escaped, so the line is valid UTF-8
+            line = (json.dumps(entry, ensure_ascii=True) + "\n").encode("ascii")
+        self._reject_lines.append(line)
         self._pending_rows += 1
 
     def commit(self) -> None:
         if not self._pending_rows:
             return
-        out_state = self._sink.commit(self._out_records)
-        if self._reject_lines:
-            self._rejects.write("".join(self._reject_lines).encode("utf-8"))
-        self._rejects.flush()
-        os.fsync(self._rejects.fileno())
-        self._out_records.clear()
+        durable = False
+        try:
+            out_state = self._sink.commit(self._out_lines)
+            if self._reject_lines:
+                self._rejects.write(b"".join(self._reject_lines))
+            self._rejects.flush()
+            os.fsync(self._rejects.fileno())
+            self._write_progress(out_state, self._rejects.tell(), rows=self.rows + self._pending_rows)
+            durable = True
+        except BaseException as e:  # a full disk, or Ctrl-C mid-write: back to the last commit
+            if not durable:
+                self._rollback()
+            if isinstance(e, OSError) and not durable:
+                raise OutputError(Path(e.filename) if e.filename else self.out_path, e) from None
+            if not durable:
+                raise
+        self._rejects_committed = self._rejects.tell()
+        self._out_lines.clear()
         self._reject_lines.clear()
         self.rows += self._pending_rows
         self._pending_rows = 0
-        self._write_progress(out_state, self._rejects.tell())
 
-    def _write_progress(self, out_state: int, rejects_bytes: int, **extra) -> None:
-        progress = {"rows": self.rows, "out": out_state, "rejects_bytes": rejects_bytes, **self.meta, **extra}
-        tmp = self.progress_path.with_name(self.progress_path.name + ".tmp")
+    def _rollback(self) -> None:
+        """Cut OUT and the rejects back to the last commit (best effort: the disk may be full)."""
+        try:
+            self._sink.rollback()
+            self._rejects.seek(self._rejects_committed)
+            self._rejects.truncate(self._rejects_committed)
+        except OSError:
+            pass  # the next run truncates to the progress file's sizes anyway
+
+    def _write_progress(self, out_state: int, rejects_bytes: int, *, rows: int | None = None, **extra) -> None:
+        self._write_json(self.progress_path, {"rows": self.rows if rows is None else rows, "out": out_state,
+                                              "rejects_bytes": rejects_bytes, **self.meta, **extra})
+
+    @staticmethod
+    def _write_json(path: Path, data: dict) -> None:
+        tmp = path.with_name(path.name + ".tmp")
         with tmp.open("w", encoding="utf-8") as f:
-            json.dump(progress, f)
+            json.dump(data, f, indent=None)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, self.progress_path)
-        _fsync_dir(self.progress_path.parent)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
 
     def close(self, *, finished: bool) -> None:
-        """Commit what is pending; a finished run also assembles Parquet / datasets output."""
-        self.commit()
-        rejects_bytes = self._rejects.tell()
-        self._rejects.close()
+        """Commit what is pending; a finished run also assembles Parquet / datasets output and
+        marks the progress file finished (what `asap merge` checks)."""
+        try:
+            self.commit()
+        finally:
+            rejects_bytes = self._rejects.tell()
+            self._rejects.close()
+            if not finished and isinstance(self._sink, _JsonlSink):
+                self._sink.file.close()
         if finished:
-            self._sink.finish()
-            if self.meta:  # a shard: say that OUT is assembled (what `asap merge` checks)
-                out_state = self._sink.parts if isinstance(self._sink, _PartsSink) else self.out_path.stat().st_size
-                self._write_progress(out_state, rejects_bytes, finished=True)
-        elif isinstance(self._sink, _JsonlSink):
-            self._sink.file.close()
+            try:
+                self._sink.finish()
+                self._write_progress(self._sink.state() if isinstance(self._sink, _PartsSink)
+                                     else self.out_path.stat().st_size, rejects_bytes, finished=True)
+            except OSError as e:
+                raise OutputError(Path(e.filename) if e.filename else self.out_path, e) from None
 
 
-def _show(value) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, list) and len(value) == 2:
-        return f"{value[0]}/{value[1]}"
-    return str(value)
+BatchFn = Callable[[list[dict]], Sequence["dict | RowError"]]
 
 
-class ProgressReporter:
-    """Rows/s, the rates of any cumulative counters (e.g. tokens/s) and, when the number of rows to
-    do is known, the ETA, on stderr: one rewritten line on a terminal, a line every 30 s otherwise."""
+class _Sigterm:
+    """SIGTERM (a scheduler's stop, `kill`) handled like Ctrl-C while a run is in progress."""
 
-    def __init__(self, stage: str, *, quiet: bool, total: int | None = None):
-        self.stage, self.quiet, self.total = stage, quiet, total
-        self.tty = sys.stderr.isatty()
-        self.start = self.last = time.monotonic()
+    def __enter__(self):
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._raise)
+        except ValueError:  # not the main thread (e.g. a test runner's worker): leave it
+            self.previous = None
+        return self
 
-    def update(self, rows: int, **counters: float) -> None:
-        now = time.monotonic()
-        if self.quiet or now - self.last < (0.5 if self.tty else 30.0):
-            return
-        self.last = now
-        elapsed = now - self.start
-        parts = [f"{rows} rows" + (f"/{self.total}" if self.total is not None else ""), f"{rows / elapsed:.1f} rows/s"]
-        parts += [f"{v / elapsed:,.0f} {k}/s" for k, v in counters.items()]
-        if self.total is not None and rows:
-            parts.append(f"ETA {max(0.0, (self.total - rows) * elapsed / rows):.0f}s")
-        print(("\r" if self.tty else "") + f"asap {self.stage}: " + ", ".join(parts), end="" if self.tty else "\n",
-              file=sys.stderr, flush=True)
+    @staticmethod
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
 
-    def close(self) -> None:
-        if self.tty and not self.quiet and self.last != self.start:
-            print(file=sys.stderr)
-
-
-BatchFn = Callable[[list[Row]], Sequence["dict | RowError"]]
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
 
 
 def run_corpus(
@@ -301,145 +437,102 @@ def run_corpus(
     *,
     stage: str,
     process: BatchFn,
-    batch_size: int = 64,
-    commit_seconds: float = 2.0,
-    quiet: bool = False,
+    options: RunOptions = RunOptions(),
+    manifest_options: dict | None = None,
     required: Sequence[str] = ("generation",),
     rows: tuple[int, int] | None = None,
+    shard: tuple[int, int] | None = None,
     meta: dict | None = None,
-    total_rows: int | None = None,
-    counters: Callable[[], dict] | None = None,
 ) -> Summary:
     """Run ``process`` over the rows of ``input`` not yet committed to ``output``.
 
-    ``process`` receives a batch of readable rows that have every ``required`` field and returns,
-    in the same order, the output record (a dict: the input fields plus the stage's) or a
-    RowError for each. Malformed lines and rows missing a required field become rejects without
-    reaching ``process``. Commits happen at most every ``commit_seconds`` and at the end.
-    ``total_rows`` (the input's row count, when the caller knows it) gives the progress line an
-    ETA; ``counters()`` returns cumulative counts (e.g. ``{"tokens": n}``) shown as rates.
+    ``process`` receives a list of readable records that have every ``required`` field and returns,
+    in the same order, the output record (a dict: the input fields plus the stage's) or a RowError
+    for each. Unreadable lines and rows missing a required field become rejects without reaching
+    ``process``. ``manifest_options`` are the options that determine the output's bytes (see
+    asap_fast.pipeline.manifest); ``rows`` restricts the run to the input rows [start, stop) of a
+    shard, whose progress file also records ``meta``.
+
+    Raises Interrupted (after committing every finished row) on Ctrl-C / SIGTERM, OutputError when
+    OUT cannot be written, InputDamaged after committing the rows before damage in the input.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    check_input(input)  # before OUT is created
-    summary = Summary(stage=stage)
+    input = check_input(input)  # before OUT is created
+    manifest = build_manifest(stage, input, manifest_options or {}, shard)
+    summary = Summary(stage=stage, output=Path(output))
     start = time.perf_counter()
-    writer = CorpusWriter(output, stage=stage, meta=meta)
+    writer = CorpusWriter(output, stage=stage, manifest=manifest, meta=meta, overwrite=options.overwrite)
     summary.resumed_from = writer.rows
     start_row, stop_row = rows if rows is not None else (0, None)
     if start_row < 0 or (stop_row is not None and stop_row < start_row):
         raise ValueError(f"bad row range {rows}")
-    rows = read_rows_range(input, start_row + writer.rows, stop_row)
-    if stop_row is not None:  # a slice: its own length is the total
-        total_rows = stop_row - start_row
-    elif total_rows is not None:
-        total_rows -= start_row
-    todo = None if total_rows is None else max(0, total_rows - writer.rows)
-    reporter = ProgressReporter(stage, quiet=quiet, total=todo)
+    todo = None if stop_row is None else stop_row - start_row
+    progress = Progress(stage, quiet=options.quiet, done=writer.rows, total=todo,
+                        count_total=lambda: count_rows(input))
     last_commit = time.monotonic()
     finished = False
     try:
-        batch: list[Row] = []  # every row in input order; unreadable ones carry their error
-        for row in rows:
-            if row.error is None:
-                missing = [name for name in required if name not in row.record]
-                if missing:
-                    row.error = f"missing field '{missing[0]}'"
-            batch.append(row)
-            if sum(r.error is None for r in batch) >= batch_size:
-                _handle(batch, process, writer, summary)
-                batch = []
-                reporter.update(summary.rows, **(counters() if counters else {}))
-                if time.monotonic() - last_commit >= commit_seconds:
-                    writer.commit()
-                    last_commit = time.monotonic()
-        _handle(batch, process, writer, summary)
-        finished = True
-    finally:
-        writer.close(finished=finished)
-        reporter.close()
+        with _Sigterm():
+            batch: list[Row] = []  # every row in input order; unreadable ones carry their error
+            for row in read_rows(input, start_row + writer.rows, stop_row):
+                if row.error is None:
+                    missing = [name for name in required if name not in row.record]
+                    if missing:
+                        row.error = f"missing field '{missing[0]}'"
+                batch.append(row)
+                if sum(r.error is None for r in batch) >= options.batch:
+                    _handle(batch, process, writer, summary, progress)
+                    batch = []
+                    if time.monotonic() - last_commit >= options.commit_seconds:
+                        writer.commit()
+                        last_commit = time.monotonic()
+            _handle(batch, process, writer, summary, progress)
+            finished = True
+    except KeyboardInterrupt:
+        progress.close()
+        writer.close(finished=False)
+        raise Interrupted(writer.rows) from None
+    except InputDamaged:
+        progress.close()
+        writer.close(finished=False)
+        raise
+    except BaseException:
+        progress.close()
+        try:
+            writer.close(finished=False)
+        except OSError:
+            pass  # the original error says more
+        raise
+    progress.close()
+    writer.close(finished=finished)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def read_rows_range(input: str | os.PathLike, start: int = 0, stop: int | None = None) -> Iterator[Row]:
-    """The rows ``start <= k < stop`` of ``read_rows(input)``, the same Row objects (line numbers
-    included), without parsing the rows before ``start``: JSON Lines skips raw lines, Parquet
-    skips whole record batches, datasets indexes."""
-    path = check_input(input)
-    fmt = format_of(path)
-    if stop is not None and stop <= start:
-        return
-    if fmt in ("jsonl", "jsonl.gz"):
-        yield from _jsonl_range(path, start, stop)
-    elif fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        seen = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-            if seen + batch.num_rows <= start:
-                seen += batch.num_rows
-                continue
-            for offset, record in enumerate(batch.to_pylist()):
-                k = seen + offset
-                if k >= start and (stop is None or k < stop):
-                    yield Row(k + 1, record, unit="row")
-            seen += batch.num_rows
-            if stop is not None and seen >= stop:
-                return
-    else:
-        rows = read_rows(path)
-        if start:
-            import datasets
-
-            data = datasets.load_from_disk(str(path))
-            end = len(data) if stop is None else min(stop, len(data))
-            for k in range(start, end):
-                yield Row(k + 1, dict(data[k]), unit="row")
-            return
-        for k, row in enumerate(rows):
-            if stop is not None and k >= stop:
-                return
-            yield row
-
-
-def _jsonl_range(path: Path, start: int, stop: int | None) -> Iterator[Row]:
-    from asap_fast.pipeline.records import open_text
-
-    k = 0
-    with open_text(path, "r") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if k >= start:
-                if stop is not None and k >= stop:
-                    return
-                # exactly records.read_jsonl's row for this line
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield Row(number, None, f"malformed JSON: {e.msg} at column {e.colno}")
-                else:
-                    if isinstance(record, dict):
-                        yield Row(number, record)
-                    else:
-                        yield Row(number, None, f"a row must be a JSON object, got {type(record).__name__}")
-            k += 1
-
-
-def _handle(batch: list[Row], process: BatchFn, writer: CorpusWriter, summary: Summary) -> None:
+def _handle(batch: list[Row], process: BatchFn, writer: CorpusWriter, summary: Summary, progress: Progress) -> None:
     readable = [row for row in batch if row.error is None]
-    results = list(process(readable)) if readable else []
+    results = list(process([row.record for row in readable])) if readable else []
     if len(results) != len(readable):
         raise RuntimeError(f"stage {summary.stage!r} returned {len(results)} results for {len(readable)} rows")
     results = iter(results)
+    before = after = 0
     for row in batch:
         result = RowError(row.error) if row.error is not None else next(results)
         summary.rows += 1
-        if isinstance(result, RowError):
-            writer.reject(row, str(result), getattr(result, "stage", None))
-            summary.rejected += 1
-            summary.reasons[str(result).split(":")[0]] += 1
-        else:
-            writer.write(result)
+        if not isinstance(result, RowError) and writer.write(row, result):
             summary.written += 1
+            if isinstance(result.get("tokens_before"), int) and isinstance(result.get("tokens_after"), int):
+                before += result["tokens_before"]
+                after += result["tokens_after"]
+                summary.steps += len(result.get("step_surprisal") or ())
+                summary.steps_kept += len(result.get("kept_steps") or ())
+            continue
+        if isinstance(result, RowError):
+            writer.reject(row, str(result), result.stage)
+            reason = str(result)
+        else:
+            reason = unwritable_text(result) or "row cannot be written as UTF-8"
+        summary.rejected += 1
+        summary.reasons[reason.split(":")[0]] += 1
+    summary.tokens_before += before
+    summary.tokens_after += after
+    progress.update(len(batch), before, after)

@@ -1,9 +1,15 @@
-"""Corpus records in the four formats of the CLI, read as a stream of rows.
+"""Corpus records in the four formats of the CLI: every read and every format decision lives here.
 
 A path ending ``.jsonl`` or ``.jsonl.gz`` is JSON Lines, ``.parquet`` a Parquet file, and any other
-path a ``datasets`` ``save_to_disk`` directory. Rows are dicts; every input field is kept on
-output. A line that is not a JSON object becomes a row carrying its error (a reject), never a crash.
+path a ``datasets`` ``save_to_disk`` directory. Rows are dicts; every input field is kept on output.
 Parquet and datasets need pyarrow / datasets (the ``sft`` extra brings both), imported on use.
+
+JSON Lines is read as bytes and split at ``\\n`` only (a bare ``\\r`` inside a row is not a line
+end, as the JSON Lines format says), so one damaged line never costs its neighbours: a line that is
+not UTF-8, not JSON, not an object, or holds a lone surrogate escape (text no UTF-8 file can hold)
+becomes a row carrying its error, which the run engine writes as a reject. A compressed file that
+ends early (a truncated ``.jsonl.gz``) yields every complete row before the damage and then raises
+:class:`InputDamaged`.
 """
 
 from __future__ import annotations
@@ -12,11 +18,28 @@ import gzip
 import io
 import json
 import os
+import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 FORMATS = ("jsonl", "jsonl.gz", "parquet", "datasets")
+_SNIFF_BYTES = 1 << 16
+# A \uD800-\uDFFF escape; only lines that have one pay for the full surrogate check.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+class InputError(ValueError):
+    """The input cannot be read at all (missing, unsupported, not text); one line."""
+
+
+class InputDamaged(InputError):
+    """The input ends in damage after ``rows`` complete rows (e.g. a truncated gzip stream)."""
+
+    def __init__(self, path: Path, rows: int, cause: str):
+        self.path, self.rows, self.cause = path, rows, cause
+        super().__init__(f"{path} is damaged after its first {rows} rows: {cause}")
 
 
 @dataclass
@@ -45,73 +68,184 @@ def format_of(path: str | os.PathLike) -> str:
     if name.endswith(".parquet"):
         return "parquet"
     if name.endswith((".json", ".gz", ".csv", ".arrow", ".txt")):
-        raise ValueError(f"unsupported format {name!r}: use .jsonl, .jsonl.gz, .parquet or a datasets directory")
+        raise InputError(f"unsupported format {name!r}: use .jsonl, .jsonl.gz, .parquet or a datasets directory")
     return "datasets"
 
 
 def open_text(path: Path, mode: str):
-    """Text file handle, gzip-compressed when the name ends with .gz."""
+    """Text file handle, gzip-compressed when the name ends with .gz (for files we write)."""
     if path.name.endswith(".gz"):
         return io.TextIOWrapper(gzip.open(path, mode + "b"), encoding="utf-8")
     return path.open(mode, encoding="utf-8")
 
 
 def check_input(path: str | os.PathLike) -> Path:
-    """The input path, once it is known to exist and to have a supported format."""
+    """The input path, once it exists, has a supported format and looks like one: a JSON Lines
+    file must be text (no NUL bytes in its first 64 KiB; a .gz one must be gzip), a Parquet file
+    must carry Parquet's magic. Called before any model loads or any output is created."""
     path = Path(path)
     fmt = format_of(path)
     if not path.exists():
         raise FileNotFoundError(f"input not found: {path}")
-    if fmt == "datasets" and not path.is_dir():
-        raise ValueError(f"input {path} is neither .jsonl, .jsonl.gz, .parquet nor a datasets directory")
+    if fmt == "datasets":
+        if not path.is_dir():
+            raise InputError(f"input {path} is neither .jsonl, .jsonl.gz, .parquet nor a datasets directory")
+        return path
+    if path.is_dir():
+        raise InputError(f"input {path} is a directory, not a {fmt} file")
+    try:
+        with path.open("rb") as f:
+            head = f.read(_SNIFF_BYTES)
+    except OSError as e:
+        raise InputError(f"cannot read input {path}: {e.strerror or e}") from None
+    if fmt == "parquet":
+        if head[:4] != b"PAR1":
+            raise InputError(f"input {path} is not a Parquet file (no PAR1 magic)")
+        return path
+    if fmt == "jsonl.gz":
+        if head and head[:2] != b"\x1f\x8b":
+            raise InputError(f"input {path} is not gzip-compressed, though its name ends in .gz")
+        try:
+            with gzip.open(path, "rb") as f:
+                head = f.read(_SNIFF_BYTES)
+        except (OSError, EOFError, zlib.error):
+            head = b""  # damage is reported where it is met, after the rows before it
+    nul = head.find(b"\x00")
+    if nul >= 0:
+        raise InputError(f"input {path} is not a text file (a NUL byte at offset {nul}); JSON Lines is UTF-8 text")
     return path
 
 
-def read_rows(path: str | os.PathLike) -> Iterator[Row]:
-    """Stream the rows of any supported input, in order, with bounded memory."""
+def read_rows(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> Iterator[Row]:
+    """Rows ``start <= k < stop`` of any supported input, in order, with bounded memory, each with
+    its 1-based line (JSON Lines) or row number, without parsing the rows before ``start``."""
     path = check_input(path)
     fmt = format_of(path)
+    if stop is not None and stop <= start:
+        return
     if fmt in ("jsonl", "jsonl.gz"):
-        yield from read_jsonl(path)
+        yield from _read_jsonl(path, start, stop)
     elif fmt == "parquet":
-        yield from _read_parquet(path)
+        yield from _read_parquet(path, start, stop)
     else:
-        yield from _read_datasets(path)
+        yield from _read_datasets(path, start, stop)
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[Row]:
-    """Yield every non-blank line of a .jsonl / .jsonl.gz file as a Row."""
-    with open_text(Path(path), "r") as f:
-        for number, line in enumerate(f, 1):
+    """Every non-blank line of a .jsonl / .jsonl.gz file as a Row."""
+    yield from read_rows(path)
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes without the final \\n) of each line; split at \\n only."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    number = 0
+    with opener(path, "rb") as f:
+        try:
+            for line in f:  # binary iteration splits at b"\n" only
+                number += 1
+                yield number, line[:-1] if line.endswith(b"\n") else line
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+            raise _Damage(number, _why(e)) from None
+
+
+class _Damage(Exception):
+    def __init__(self, line: int, cause: str):
+        self.line, self.cause = line, cause
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, EOFError):
+        return "the compressed stream ends early (truncated file)"
+    return f"{type(e).__name__}: {e}"
+
+
+def parse_line(number: int, line: bytes) -> Row:
+    """One JSON Lines line as a Row: the record, or the one-line reason it cannot be one."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Row(number, None, f"invalid UTF-8 at byte {e.start} of the line")
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as e:
+        return Row(number, None, f"malformed JSON: {e.msg} at column {e.colno}")
+    if not isinstance(record, dict):
+        return Row(number, None, f"a row must be a JSON object, got {type(record).__name__}")
+    if _SURROGATE_ESCAPE.search(line):
+        bad = unwritable_text(record)
+        if bad is not None:
+            return Row(number, None, bad)
+    return Row(number, record)
+
+
+def unwritable_text(record) -> str | None:
+    """Why ``record`` cannot be written as UTF-8 JSON (a lone surrogate), or None."""
+    try:
+        json.dumps(record, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"text with a lone surrogate ({e.object[e.start:e.end]!a}) cannot be written as UTF-8"
+    return None
+
+
+def _read_jsonl(path: Path, start: int, stop: int | None) -> Iterator[Row]:
+    k = 0
+    try:
+        for number, line in _lines(path):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield Row(number, None, f"malformed JSON: {e.msg} at column {e.colno}")
-                continue
-            if not isinstance(record, dict):
-                yield Row(number, None, f"a row must be a JSON object, got {type(record).__name__}")
-                continue
-            yield Row(number, record)
+            if k >= start:
+                if stop is not None and k >= stop:
+                    return
+                yield parse_line(number, line)
+            k += 1
+    except _Damage as d:
+        raise InputDamaged(path, k, f"{d.cause} (after line {d.line})") from None
 
 
-def _read_parquet(path: Path) -> Iterator[Row]:
+def _read_parquet(path: Path, start: int, stop: int | None) -> Iterator[Row]:
     pq = _require("pyarrow.parquet", "pyarrow")
-    number = 0
+    seen = 0
     for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
-        for record in batch.to_pylist():
-            number += 1
-            yield Row(number, record, unit="row")
+        if seen + batch.num_rows <= start:  # skipped without converting its rows
+            seen += batch.num_rows
+            continue
+        for offset, record in enumerate(batch.to_pylist()):
+            k = seen + offset
+            if k >= start and (stop is None or k < stop):
+                yield Row(k + 1, record, unit="row")
+        seen += batch.num_rows
+        if stop is not None and seen >= stop:
+            return
 
 
-def _read_datasets(path: Path) -> Iterator[Row]:
+def _read_datasets(path: Path, start: int, stop: int | None) -> Iterator[Row]:
     datasets = _require("datasets", "datasets")
     data = datasets.load_from_disk(str(path))
     if isinstance(data, datasets.DatasetDict):
-        raise ValueError(f"{path} holds a DatasetDict with splits {sorted(data)}; pass one split's directory")
-    for number, record in enumerate(data, 1):  # memory-mapped Arrow: rows are read as iterated
-        yield Row(number, dict(record), unit="row")
+        raise InputError(f"{path} holds a DatasetDict with splits {sorted(data)}; pass one split's directory")
+    end = len(data) if stop is None else min(stop, len(data))
+    for k in range(start, end):  # memory-mapped Arrow: rows are read as indexed
+        yield Row(k + 1, dict(data[k]), unit="row")
+
+
+def count_rows(path: str | os.PathLike) -> int:
+    """The input's row count as :func:`read_rows` counts rows: non-blank lines of JSON Lines
+    (unreadable ones included: they are rows that become rejects), Parquet metadata, len() of a
+    datasets directory. A damaged compressed file counts its rows up to the damage."""
+    path = check_input(path)
+    fmt = format_of(path)
+    if fmt in ("jsonl", "jsonl.gz"):
+        count = 0
+        try:
+            for _, line in _lines(path):
+                count += bool(line.strip())
+        except _Damage:
+            pass
+        return count
+    if fmt == "parquet":
+        return _require("pyarrow.parquet", "pyarrow").ParquetFile(path).metadata.num_rows
+    return len(_require("datasets", "datasets").load_from_disk(str(path)))
 
 
 def _require(module: str, package: str):
@@ -132,3 +266,9 @@ def rejects_path(out: str | os.PathLike) -> Path:
         return out / "rejects.jsonl"
     suffix = "." + fmt if fmt != "jsonl.gz" else ".jsonl.gz"
     return out.with_name(out.name[: -len(suffix)] + ".rejects.jsonl")
+
+
+def sidecar(out: str | os.PathLike, name: str) -> Path:
+    """``OUT.<name>`` beside OUT (progress.json, manifest.json, parts, llm-cache.jsonl)."""
+    out = Path(out)
+    return out.with_name(out.name + "." + name)

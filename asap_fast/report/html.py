@@ -596,39 +596,3 @@ def write_report(input, output_html, *, max_traces: int = 50, title: str | None 
             out.write("</main></body></html>\n")
         os.replace(tmp, output_html)
     return stats
-
-
-# ----------------------------------------------------------------------------------------- CLI
-
-
-def add_report(subparsers) -> None:
-    from asap_fast.cli import PATH_HELP
-
-    p = subparsers.add_parser(
-        "report",
-        help="write a self-contained HTML page about a stage-2 corpus (statistics, plots, pruned steps)",
-        description=(
-            "Read IN (rows written by `asap fine` or `asap compress`) in one streaming pass and write "
-            "OUT.html: corpus statistics (tokens before / after, compression ratio, steps kept), inline "
-            "SVG plots (per-trace compression ratio, tokens before vs after, surprisal of kept vs "
-            "pruned steps) and the first --max-traces traces step by step, coloured by first-token "
-            "surprisal with the pruned steps struck through. The page needs no network: inline CSS "
-            "and SVG, no JavaScript. Rows without the stage-2 fields are counted and skipped."
-        ),
-    )
-    p.add_argument("input", metavar="IN", help=PATH_HELP)
-    p.add_argument("output", metavar="OUT.html", help="the HTML file to write (its folder must exist)")
-    p.add_argument("--max-traces", type=int, default=50, metavar="N",
-                   help="traces shown step by step, the first N with stage-2 fields (default: 50)")
-    p.add_argument("--title", help="page title (default: 'ASAP report: ' + the input's name)")
-    p.set_defaults(func=run_report)
-
-
-def run_report(args) -> int:
-    stats = write_report(args.input, args.output, max_traces=args.max_traces, title=args.title)
-    s = stats.summary()
-    skipped = f", {s['rows_skipped']:,} skipped" if s["rows_skipped"] else ""
-    print(f"asap report: {s['rows']:,} traces{skipped}, compression {s['compression_ratio']:.3f}",
-          file=sys.stderr)
-    print(f"wrote {Path(args.output).resolve()}")
-    return 0

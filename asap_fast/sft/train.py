@@ -18,7 +18,6 @@ turns without their thinking. It also makes the length filter exact: samples lon
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import difflib
@@ -630,65 +629,3 @@ def run_sft(cfg: dict, *, quiet: bool = False) -> dict:
         trainer.accelerator.wait_for_everyone()
         trainer.end()
     return summary
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-
-_DESCRIPTION = (
-    "Fine-tune a model on compressed traces (stage 3) with trl's SFTTrainer. CONFIG is a YAML file with "
-    "model_name_or_path, dataset (the `asap fine` output: .jsonl, .jsonl.gz, .parquet or a save_to_disk "
-    "directory; its 'messages' field is used), output_dir, and any trl SFTConfig / transformers "
-    "TrainingArguments field. Defaults are the paper's recipe (bf16, 10 epochs, lr 4e-5, batch 1 x "
-    "accumulation 16, cosine_with_min_lr with min_lr_rate 0.1, warmup 0.03, max_grad_norm 0.2, max_length "
-    "16384, gradient checkpointing, seed 42). Samples longer than max_length are dropped and counted, never "
-    "truncated; the loss covers the assistant response only. Multi-GPU / multi-node: accelerate launch "
-    "--config_file configs/accelerate/{ddp,fsdp,zero3}.yaml -m asap_fast.cli sft --config CONFIG [KEY=VALUE ...]."
-)
-
-
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, metavar="CONFIG", help="YAML recipe (see configs/sft/)")
-    p.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="KEY=VALUE",
-        help="config overrides, values parsed as YAML (learning_rate=2e-5, max_steps=100, lora.r=8, bf16=false)",
-    )
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    p.add_argument("--quiet", action="store_true", help="print only errors")
-
-
-def add_sft(subparsers) -> None:
-    p = subparsers.add_parser(
-        "sft", help="fine-tune on compressed traces (trl SFTTrainer, response-only loss)", description=_DESCRIPTION
-    )
-    _add_arguments(p)
-    p.set_defaults(func=run_sft_command)
-
-
-def run_sft_command(args) -> int:
-    cfg = load_config(args.config, args.overrides)
-    if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(cfg, sort_keys=True), end="")
-        return 0
-    run_sft(cfg, quiet=args.quiet)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m asap_fast.sft`` (what ``accelerate launch -m asap_fast.sft`` runs on every process)."""
-    parser = argparse.ArgumentParser(prog="asap sft", description=_DESCRIPTION)
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_sft_command(args)
-    except (FileNotFoundError, SFTConfigError) as e:  # anything else keeps its traceback
-        print(f"asap sft: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

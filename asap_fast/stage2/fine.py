@@ -1,24 +1,33 @@
-"""Stage 2 over a corpus: first-token surprisal refining (`asap fine`).
+"""Stage 2 over corpus rows: first-token surprisal refining (the work of `asap fine`).
 
 For each row: the thinking (``coarse_think`` from stage 1b when the row has it, else the
 generation's own) is split into steps, every step's first token is scored in one pass over
 ``prompt + "\\n<think>\\n" + "\\n\\n".join(steps)``, and the least surprising steps are dropped until
 the thinking fits the budget. Rows gain ``pruned_think``, ``step_surprisal``, ``kept_steps``,
 ``tokens_before``, ``tokens_after`` and ``messages`` (ready for SFT).
+
+Each trace is scored in a forward pass of its own, so a row's scores (and so the output bytes) do
+not depend on which rows share its batch: shards, Ray, ``--batch`` and resume all write one run's
+bytes. A trace of thousands of tokens fills a pass on its own; benchmarks/bench_stage2.py measures
+what packing short traces together would save.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 
-from asap_fast.pipeline.engine import RowError, run_corpus
-from asap_fast.pipeline.records import Row
+from asap_fast.core.errors import RowError
 from asap_fast.core.traces import TraceError, parse_trace, split_steps
 
 PROMPT_SUFFIX = "\n<think>\n"  # the paper's raw-text context: prompt, then the opened think block
 THINK_FIELDS = ("auto", "think", "coarse_think")
+TASKS = ("auto", "code", "math")
+MODES = ("global", "iterative")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def prompt_text(prompt) -> str:
@@ -38,226 +47,189 @@ def sft_messages(prompt, pruned_think: str, answer: str) -> list[dict]:
     return question + [{"role": "assistant", "content": "<think>\n" + pruned_think + "\n</think>\n" + answer}]
 
 
-class FineStage:
-    """Stage 2 for batches of rows with a loaded :class:`~asap_fast.surprisal.SurprisalScorer`.
+@dataclass(frozen=True)
+class PruneConfig:
+    """What stage 2 does to each row (every field changes the output bytes).
 
-    max_tokens / ratio: the budget (exactly one; the paper's is max_tokens=4096).
-    mode:               "global" (the reference: one scoring pass) or "iterative" (re-score
-                        after each removal; ``steps_per_round`` removals per re-score).
-    think_field:        "auto" prunes ``coarse_think`` when a row has it, else the thinking of
-                        its ``generation``; "think" / "coarse_think" force one.
-    task:               "auto" (the row's ``kind``, code when absent), "code" or "math": code rows
-                        need a python block after </think>.
+    budget / ratio:  the token budget of the pruned thinking (exactly one; the paper's is
+                     budget=4096); a ratio is of each thinking's own tokens, in (0, 1].
+    mode:            "global" (the reference: one scoring pass) or "iterative" (re-score after
+                     each removal; ``steps_per_round`` removals per re-score).
+    think_field:     "auto" prunes ``coarse_think`` when a row has it, else the thinking of its
+                     ``generation``; "think" / "coarse_think" force one.
+    task:            "auto" (the row's ``kind``, code when absent), "code" or "math": code rows
+                     need a python block after </think>.
     """
 
-    def __init__(self, scorer, *, max_tokens: int | None = 4096, ratio: float | None = None,
-                 mode: str = "global", steps_per_round: int = 1, think_field: str = "auto", task: str = "auto"):
-        from asap_fast.stage2.pruning import MODES, check_budget
+    budget: int | None = 4096
+    ratio: float | None = None
+    mode: str = "global"
+    steps_per_round: int = 1
+    think_field: str = "auto"
+    task: str = "auto"
 
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if think_field not in THINK_FIELDS:
-            raise ValueError(f"think_field must be one of {THINK_FIELDS}, got {think_field!r}")
-        if ratio is not None:
-            max_tokens = None
-        check_budget(max_tokens, ratio)
-        self.scorer, self.max_tokens, self.ratio = scorer, max_tokens, ratio
-        self.mode, self.steps_per_round, self.think_field, self.task = mode, steps_per_round, think_field, task
+    def __post_init__(self):
+        if (self.budget is None) == (self.ratio is None):
+            raise ValueError(f"give exactly one of budget and ratio (got budget={self.budget!r}, ratio={self.ratio!r})")
+        if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, numbers.Integral)
+                                        or self.budget < 1):
+            raise ValueError(f"budget must be a whole number of tokens >= 1, got {self.budget!r} "
+                             f"(a budget of 0 would remove every step)")
+        if self.ratio is not None and (isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real)
+                                       or not 0 < self.ratio <= 1):
+            raise ValueError(f"ratio must be in (0, 1], got {self.ratio!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.steps_per_round < 1:
+            raise ValueError(f"steps per round must be >= 1, got {self.steps_per_round}")
+        if self.think_field not in THINK_FIELDS:
+            raise ValueError(f"think field must be one of {THINK_FIELDS}, got {self.think_field!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+
+    def manifest(self) -> dict:
+        options = asdict(self)
+        if self.mode == "global":
+            del options["steps_per_round"]  # unused, so it cannot change the bytes
+        return options
+
+
+@dataclass(frozen=True)
+class ScorerSpec:
+    """Which scorer to load and how. ``model`` None is the bundled demo scorer.
+
+    ``dtype`` and ``max_length`` change scores / which rows fit, so they are in the manifest with
+    the model's identity; ``device`` and ``batch_tokens`` (packing in score_batch) are not."""
+
+    model: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    max_length: int | None = None
+    batch_tokens: int = 32768
+
+    def __post_init__(self):
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.max_length is not None and self.max_length < 1:
+            raise ValueError(f"max length must be >= 1, got {self.max_length}")
+        if self.batch_tokens < 1:
+            raise ValueError(f"batch tokens must be >= 1, got {self.batch_tokens}")
+
+    def model_path(self) -> str:
+        if self.model is not None:
+            return self.model
+        from asap_fast.scorers import DEFAULT_SCORER
+
+        if DEFAULT_SCORER is None:
+            raise ValueError("no --model given and no bundled demo scorer in this installation")
+        return str(DEFAULT_SCORER)
+
+    def manifest(self) -> dict:
+        from asap_fast.pipeline.manifest import model_identity
+
+        import torch
+
+        device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = self.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
+        return {"model": model_identity(self.model_path()), "dtype": dtype, "max_length": self.max_length}
+
+    def load(self, *, quiet: bool = False, stage: str = "fine"):
+        """The SurprisalScorer, saying on stderr when the bundled one is used."""
+        import torch
+
+        from asap_fast.stage2.surprisal import SurprisalScorer
+
+        path = self.model_path()
+        if self.model is None and not quiet:
+            print(f"asap {stage}: no --model given, using the bundled demo scorer {path}", file=sys.stderr)
+        if quiet:
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        try:
+            return SurprisalScorer.from_pretrained(
+                path, device=self.device, dtype=getattr(torch, self.dtype) if self.dtype else None,
+                max_batch_tokens=self.batch_tokens, max_length=self.max_length)
+        except OSError as e:  # not a model directory, or a hub id that cannot be fetched
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"cannot load the model {path}: {first_line}") from None
+
+
+class FineStage:
+    """Stage 2 for batches of records with a loaded :class:`~asap_fast.stage2.surprisal.SurprisalScorer`.
+
+    A row whose budget would remove every step is a reject (never an empty thinking in SFT data;
+    the reference writes the empty thinking: see README's fidelity ledger).
+    """
+
+    name = "fine"
+
+    def __init__(self, scorer, config: PruneConfig = PruneConfig()):
+        self.scorer, self.config = scorer, config
         self.tokens_scored = 0
 
     def _prepare(self, record: dict) -> tuple[str, list[str], str]:
         """(prefix, steps, answer) of one row, or RowError."""
+        config = self.config
         prompt = prompt_text(record["prompt"])
-        kind = record.get("kind", "code") if self.task == "auto" else self.task
+        kind = record.get("kind", "code") if config.task == "auto" else config.task
         try:
             trace = parse_trace(record["generation"], require_code=kind == "code")
         except TraceError as e:
             raise RowError(str(e)) from None
-        field = self.think_field
+        field = config.think_field
         if field == "auto":
             field = "coarse_think" if record.get("coarse_think") is not None else "think"
         think = trace.think if field == "think" else record.get("coarse_think")
         if not isinstance(think, str):
             raise RowError(f"coarse_think must be str, not {type(think).__name__}")
+        prefix = prompt + PROMPT_SUFFIX
+        self.scorer.check_length(prefix + think)  # before a huge row is tokenized in full
         steps = split_steps(think)
         if not steps:
             raise RowError(f"no steps in {field}")
-        return prompt + PROMPT_SUFFIX, steps, trace.answer
+        return prefix, steps, trace.answer
 
-    def process(self, rows: Sequence[Row]) -> list:
-        """Output record or RowError for each row, in order."""
+    def process(self, records: Sequence[dict]) -> list:
+        """Output record or RowError for each record, in order."""
+        return [self._process_one(record) for record in records]
+
+    def _process_one(self, record: dict):
         from asap_fast.stage2.pruning import prune_steps_result
 
-        results: list = [None] * len(rows)
-        prepared = {}
-        for i, row in enumerate(rows):
-            try:
-                prefix, steps, answer = self._prepare(row.record)
-                self.scorer.encode(prefix, steps)  # the context-length check, per row
-            except (RowError, ValueError) as e:
-                results[i] = e if isinstance(e, RowError) else RowError(str(e))
-                continue
-            prepared[i] = (prefix, steps, answer)
-        if self.mode == "global":
-            order = list(prepared)
-            scores = self.scorer.score_batch([prepared[i][:2] for i in order])
-            outcomes = {}
-            for i, surprisal in zip(order, scores):
-                outcomes[i] = prune_steps_result(prepared[i][1], surprisal, self.scorer.tokenizer,
-                                                 max_tokens=self.max_tokens, ratio=self.ratio)
-        else:
-            outcomes = {i: self.scorer.prune(prefix, steps, max_tokens=self.max_tokens, ratio=self.ratio,
-                                             mode="iterative", steps_per_round=self.steps_per_round)
-                        for i, (prefix, steps, _) in prepared.items()}
-        for i, outcome in outcomes.items():
-            record = rows[i].record
-            _, steps, answer = prepared[i]
-            pruned = "\n\n".join(steps[k] for k in outcome.kept)
-            self.tokens_scored += outcome.tokens_before
-            results[i] = {
-                **record,
-                "pruned_think": pruned,
-                # inf (a step with nothing before it) is not JSON: written as null
-                "step_surprisal": [s if math.isfinite(s) else None for s in outcome.surprisal],
-                "kept_steps": list(outcome.kept),
-                "tokens_before": outcome.tokens_before,
-                "tokens_after": outcome.tokens_after,
-                "messages": sft_messages(record["prompt"], pruned, answer),
-            }
-        return results
-
-
-def add_stage2_options(p) -> None:
-    """The scorer and pruning options shared by `asap fine` and `asap compress`."""
-    g = p.add_argument_group("stage 2 (surprisal refining)")
-    g.add_argument("--model", metavar="PATH",
-                   help="causal LM that scores first tokens (local directory or hub id; the paper uses "
-                        "DeepSeek-R1-Distill-Qwen-7B). Default: the small demo scorer bundled with the "
-                        "package, when present")
-    budget = g.add_mutually_exclusive_group()
-    budget.add_argument("--budget", type=int, default=4096, metavar="N",
-                        help="token budget of the pruned thinking (default: 4096, the paper's)")
-    budget.add_argument("--ratio", type=float, metavar="R",
-                        help="budget as a fraction of each trace's own tokens, int(R * tokens)")
-    g.add_argument("--mode", choices=("global", "iterative"), default="global",
-                   help="global: score once and drop the least surprising steps (the reference); "
-                        "iterative: re-score the steps after each removal (default: global)")
-    g.add_argument("--steps-per-round", type=int, default=1, metavar="K",
-                   help="iterative mode: steps removed per re-scoring (1 = exact definition; more is "
-                        "faster and approximate) (default: 1)")
-    g.add_argument("--think-field", choices=THINK_FIELDS, default="auto",
-                   help="what to prune: auto = coarse_think when a row has it, else the generation's "
-                        "thinking (default: auto)")
-    g.add_argument("--task", choices=("auto", "code", "math"), default="auto",
-                   help="code rows need a ```python block after </think>; auto reads each row's 'kind' "
-                        "(default: auto)")
-    g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),
-                   help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    g.add_argument("--batch-tokens", type=int, default=32768, metavar="N",
-                   help="padded tokens per forward pass; several traces share a pass (default: 32768)")
-    g.add_argument("--max-length", type=int, metavar="N",
-                   help="longest trace in tokens; longer ones are rejected (default: the model's context)")
-
-
-def load_scorer(args, stage: str):
-    """The SurprisalScorer the options name, saying on stderr when the bundled one is used. The
-    pruning options are checked first, so a bad one fails before a model is loaded."""
-    import torch
-
-    from asap_fast.stage2.pruning import check_budget
-    from asap_fast.stage2.surprisal import SurprisalScorer
-
-    check_budget(None if args.ratio is not None else args.budget, args.ratio)
-    if args.steps_per_round < 1:
-        raise ValueError(f"--steps-per-round must be >= 1, got {args.steps_per_round}")
-
-    model = args.model
-    if model is None:
+        config = self.config
         try:
-            from asap_fast.scorers import DEFAULT_SCORER
-        except ImportError:
-            DEFAULT_SCORER = None
-        if DEFAULT_SCORER is None:
-            raise ValueError("no --model given and no bundled demo scorer in this installation")
-        model = DEFAULT_SCORER
-        if not args.quiet:
-            print(f"asap {stage}: no --model given, using the bundled demo scorer {model}", file=sys.stderr)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
-    if args.quiet:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    try:
-        return SurprisalScorer.from_pretrained(model, device=args.device, dtype=dtype,
-                                               max_batch_tokens=args.batch_tokens, max_length=args.max_length)
-    except OSError as e:  # not a model directory, or a hub id that cannot be fetched
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot load the model {model}: {first_line}") from None
-
-
-def fine_stage(args, scorer) -> FineStage:
-    return FineStage(scorer, max_tokens=args.budget, ratio=args.ratio, mode=args.mode,
-                     steps_per_round=args.steps_per_round, think_field=args.think_field, task=args.task)
-
-
-def add_fine(subparsers) -> None:
-    from asap_fast.cli import PATH_HELP
-
-    p = subparsers.add_parser(
-        "fine",
-        help="stage 2: drop the least surprising steps until each thinking fits the budget",
-        description=(
-            "Read IN (rows with 'prompt' and 'generation', and 'coarse_think' after `asap coarse`), "
-            "score the first token of every step with a causal LM in one pass over prompt + "
-            "'\\n<think>\\n' + the steps, and drop steps in ascending surprisal until the thinking "
-            "fits the budget. Writes OUT with every input field plus pruned_think, step_surprisal "
-            "(nats; null where nothing precedes a step), kept_steps, tokens_before, tokens_after and "
-            "messages (the SFT conversation). Bad rows go to the rejects file with a reason; "
-            "re-running with the same OUT resumes after the last committed row."
-        ),
-    )
-    p.add_argument("input", metavar="IN", help=PATH_HELP)
-    p.add_argument("output", metavar="OUT", help=PATH_HELP)
-    add_stage2_options(p)
-    p.add_argument("--batch", type=int, default=64, metavar="N", help="rows per scoring batch (default: 64)")
-    p.add_argument("--commit-seconds", type=float, default=2.0, metavar="S",
-                   help="commit output at most this often (default: 2)")
-    p.add_argument("--quiet", action="store_true", help="print only errors")
-    from asap_fast.pipeline.scale import add_scale_options
-
-    add_scale_options(p)
-    p.set_defaults(func=run_fine)
+            prefix, steps, answer = self._prepare(record)
+            encoded = self.scorer.encode(prefix, steps)
+        except RowError as e:
+            return e
+        except ValueError as e:  # over-long trace, token ids the model does not have
+            return RowError(str(e))
+        if config.mode == "global":
+            surprisal = self.scorer.score_encoded(encoded)
+            outcome = prune_steps_result(steps, surprisal, self.scorer.tokenizer,
+                                         max_tokens=config.budget, ratio=config.ratio)
+        else:
+            outcome = self.scorer.prune(prefix, steps, max_tokens=config.budget, ratio=config.ratio,
+                                        mode="iterative", steps_per_round=config.steps_per_round)
+        self.tokens_scored += outcome.tokens_before
+        if not outcome.kept:
+            budget = f"budget {config.budget}" if config.ratio is None else f"ratio {config.ratio:g}"
+            return RowError(f"the budget removes every step: {budget}, {outcome.tokens_before} tokens "
+                            f"in {len(steps)} steps")
+        pruned = "\n\n".join(steps[k] for k in outcome.kept)
+        return {
+            **record,
+            "pruned_think": pruned,
+            # inf (a step with nothing before it) is not JSON: written as null
+            "step_surprisal": [s if math.isfinite(s) else None for s in outcome.surprisal],
+            "kept_steps": list(outcome.kept),
+            "tokens_before": outcome.tokens_before,
+            "tokens_after": outcome.tokens_after,
+            "messages": sft_messages(record["prompt"], pruned, answer),
+        }
 
 
-def _make_fine(args) -> FineStage:
-    """A FineStage with its scorer loaded (in a Ray actor: picklable by reference)."""
-    return fine_stage(args, load_scorer(args, "fine"))
-
-
-def run_fine(args) -> int:
-    from asap_fast.cli import report
-    from asap_fast.pipeline.records import check_input
-    from asap_fast.pipeline.scale import RayProcessor, count_rows, shard_plan
-
-    check_input(args.input)
-    rows, meta = shard_plan(args.input, getattr(args, "shard", None))
-    batch = args.batch
-    if getattr(args, "ray", False):
-        if args.ray_chunk < 1:
-            raise ValueError(f"--ray-chunk must be >= 1, got {args.ray_chunk}")
-        stage = RayProcessor(_make_fine, args, actors=args.ray_actors, batch=args.batch, device=args.device)
-        process, batch = stage, args.ray_chunk
-    else:
-        stage = _make_fine(args)
-        process = stage.process
-    # One cheap pass to count rows gives the progress line its ETA (the model dominates anyway).
-    total = meta["input_rows"] if meta else (None if args.quiet else count_rows(args.input))
-    summary = run_corpus(args.input, args.output, stage="fine", process=process, batch_size=batch,
-                         commit_seconds=args.commit_seconds, quiet=args.quiet, required=("prompt", "generation"),
-                         rows=rows, meta=meta, total_rows=total,
-                         counters=lambda: {"trace tokens": stage.tokens_scored})
-    report(summary, args)
-    if not args.quiet and summary.seconds > 0:
-        print(f"  {stage.tokens_scored / summary.seconds:,.0f} trace tokens/s scored", file=sys.stderr)
-    return 0
+def make_fine_stage(scorer_spec: ScorerSpec, config: PruneConfig, quiet: bool = False) -> FineStage:
+    """A FineStage with its scorer loaded (picklable by reference: what a Ray actor calls)."""
+    return FineStage(scorer_spec.load(quiet=quiet), config)

@@ -285,7 +285,14 @@ class SurprisalScorer:
         forward_module = plan.backbone if plan.fused else model
         self._cache_kwarg = _forward_parameter(forward_module, "cache", "past_key_values")
         self._keeps_logits = plan.fused or _forward_parameter(model, "logits_to_keep") is not None
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.vocab_rows = model.get_input_embeddings().num_embeddings
+        # Right padding is never attended under causal attention, so any id the embedding has
+        # serves; a tokenizer whose <pad> was added without resizing the model gets id 0 instead.
+        pad = tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None and 0 <= pad < self.vocab_rows else 0
+        # No token is longer (in characters) than the longest vocabulary entry, so a text of more
+        # than max_length * that many characters cannot fit: refused before it is tokenized.
+        self.max_token_chars = max((len(t) for t in tokenizer.get_vocab()), default=1) or 1
 
     @classmethod
     def from_pretrained(
@@ -338,6 +345,8 @@ class SurprisalScorer:
                 raise TypeError(f"each trace must be a (prefix, steps) pair, got {type(item).__name__}")
             checked.append((item[0], _check_trace(item[0], item[1])))
         texts = [prefix + SEPARATOR.join(steps) for prefix, steps in checked]
+        for text in texts:
+            self.check_length(text)
         encoded = []
         for (prefix, steps), (ids, ends) in zip(checked, _encode_many(self.tokenizer, texts)):
             if self.max_length is not None and len(ids) > self.max_length:
@@ -345,8 +354,23 @@ class SurprisalScorer:
                     f"trace has {len(ids)} tokens, more than the model's context of {self.max_length} "
                     f"({self._length_source}); shorten the prefix or steps"
                 )
+            if len(ids) and int(ids.max()) >= self.vocab_rows:
+                raise ValueError(
+                    f"the tokenizer gave token id {int(ids.max())}, but the model's embedding has "
+                    f"{self.vocab_rows} rows (tokenizer vocabulary {len(self.tokenizer)}): tokenizer and "
+                    f"model do not match"
+                )
             encoded.append(EncodedTrace(ids, first_token_positions(ends, step_char_starts(prefix, steps))))
         return encoded
+
+    def check_length(self, text: str) -> None:
+        """ValueError, without tokenizing, when ``text`` has too many characters to fit the context
+        whatever its tokenization (a 50 MB row is refused in microseconds, not after an OOM)."""
+        if self.max_length is not None and len(text) > self.max_length * self.max_token_chars:
+            raise ValueError(
+                f"trace has {len(text):,} characters, more than the model's context of {self.max_length} "
+                f"tokens can hold ({self._length_source}; at most {self.max_token_chars} characters a token)"
+            )
 
     # -- scoring ----------------------------------------------------------------------------
 
