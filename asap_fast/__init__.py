@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from asap_fast.stage1.llm import LLMError, Reply, SamplingParams, make_backend
 from asap_fast.core.matching import (
     METRICS,
     align_steps,
@@ -12,9 +11,6 @@ from asap_fast.core.matching import (
     similarity,
     similarity_batch,
 )
-from asap_fast.stage1.prompts import PromptTemplate, load_template
-from asap_fast.scorers import DEFAULT_SCORER
-from asap_fast.stage1.stages import CoarseStage, DirectStage, snap_to_original, strip_fences
 from asap_fast.core.traces import (
     Trace,
     TraceError,
@@ -22,6 +18,15 @@ from asap_fast.core.traces import (
     split_step_spans,
     split_steps,
     split_steps_batch,
+)
+from asap_fast.scorers import DEFAULT_SCORER
+from asap_fast.stage1.llm import LLMError, Reply, SamplingParams, make_backend
+from asap_fast.stage1.prompts import PromptTemplate, load_template
+from asap_fast.stage1.stages import (
+    CoarseStage,
+    DirectStage,
+    snap_to_original,
+    strip_fences,
 )
 
 try:
@@ -39,7 +44,7 @@ _LAZY = {
     "first_token_surprisal": "asap_fast.stage2.surprisal",
     "PruneResult": "asap_fast.stage2.pruning",
     "prune_steps": "asap_fast.stage2.pruning",
-    "prune_steps_iterative": "asap_fast.stage2.pruning",
+    "prune_steps_iterative": "asap_fast.stage2.surprisal",
     "prune_steps_result": "asap_fast.stage2.pruning",
 }
 

@@ -14,11 +14,9 @@ from asap_fast.stage2.pruning import (
     PruneResult,
     prune_scored,
     prune_steps,
-    prune_steps_iterative,
-    prune_steps_iterative_ref,
     prune_steps_ref,
 )
-from asap_fast.stage2.surprisal import SurprisalScorer
+from asap_fast.stage2.surprisal import SurprisalScorer, prune_steps_iterative, prune_steps_iterative_ref
 from asap_fast.testing import DEFAULT_CORPUS, tiny_causal_lm, tiny_tokenizer, trace_case
 from asap_fast.core.traces import TraceError
 

@@ -13,7 +13,17 @@ import os
 import sys
 
 from asap_fast import __version__
-from asap_fast.cli import coarse, compress, direct, eval, fine, merge, report, sft, split
+from asap_fast.cli import (
+    coarse,
+    compress,
+    direct,
+    eval,
+    fine,
+    merge,
+    report,
+    sft,
+    split,
+)
 
 COMMANDS = (split, direct, coarse, fine, compress, merge, report, sft, eval)
 EXIT_INTERRUPTED = 130

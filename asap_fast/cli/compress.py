@@ -17,7 +17,12 @@ from asap_fast.cli.common import (
     scorer_spec,
     subparser,
 )
-from asap_fast.cli.llm_options import add_backend_options, add_validation_options, backend_manifest, make_backend
+from asap_fast.cli.llm_options import (
+    add_backend_options,
+    add_validation_options,
+    backend_manifest,
+    make_backend,
+)
 
 
 def add(subparsers) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+
 def add(subparsers) -> None:
     from asap_fast.evaluation.benchmarks import BENCHMARKS
 

@@ -64,7 +64,8 @@ def make_backend(args, output: str):
     """The backend the options name, with OUT's reply cache attached unless --no-cache."""
     from pathlib import Path
 
-    from asap_fast.stage1.llm import make_backend as make, parse_engine_args
+    from asap_fast.stage1.llm import make_backend as make
+    from asap_fast.stage1.llm import parse_engine_args
     from asap_fast.stage1.stages import llm_cache_path
 
     backend = make(args.llm, api_base=args.api_base, api_key=args.api_key, concurrency=args.concurrency,

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from asap_fast.cli.common import add_io, add_run_options, print_summary, run_options, subparser
+from asap_fast.cli.common import (
+    add_io,
+    add_run_options,
+    print_summary,
+    run_options,
+    subparser,
+)
 
 
 def add(subparsers) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from asap_fast import _core
+import asap_fast._core as _core
 
 METRICS = ("difflib", "indel")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from asap_fast import _core
+import asap_fast._core as _core
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"

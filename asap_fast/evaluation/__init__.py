@@ -12,7 +12,13 @@ generated tokens and latency (the command ``asap eval``).
 The same from the command line: ``asap eval --benchmark humaneval_plus --data ... --model ...``.
 """
 
-from asap_fast.evaluation.benchmarks import BENCHMARKS, Benchmark, Problem, get_benchmark, read_rows
+from asap_fast.evaluation.benchmarks import (
+    BENCHMARKS,
+    Benchmark,
+    Problem,
+    get_benchmark,
+    read_rows,
+)
 from asap_fast.evaluation.extract import extract_code
 from asap_fast.evaluation.generate import (
     BackendUnavailable,
@@ -24,7 +30,12 @@ from asap_fast.evaluation.generate import (
     load_generator,
 )
 from asap_fast.evaluation.metrics import pass_at_k, pass_at_k_table, percentile
-from asap_fast.evaluation.pipeline import EvalConfig, read_generations, run_eval, write_generations
+from asap_fast.evaluation.pipeline import (
+    EvalConfig,
+    read_generations,
+    run_eval,
+    write_generations,
+)
 from asap_fast.evaluation.sandbox import (
     SandboxJob,
     SandboxLimits,
@@ -34,7 +45,13 @@ from asap_fast.evaluation.sandbox import (
     run_jobs,
     run_program,
 )
-from asap_fast.evaluation.score import REASONS, Sample, SampleResult, score_samples, summarize
+from asap_fast.evaluation.score import (
+    REASONS,
+    Sample,
+    SampleResult,
+    score_samples,
+    summarize,
+)
 
 __all__ = [
     "BENCHMARKS",

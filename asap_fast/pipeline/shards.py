@@ -25,7 +25,13 @@ import shutil
 from pathlib import Path
 
 from asap_fast.pipeline.manifest import first_difference, read_manifest
-from asap_fast.pipeline.records import count_rows, format_of, open_text, rejects_path, sidecar
+from asap_fast.pipeline.records import (
+    count_rows,
+    format_of,
+    open_text,
+    rejects_path,
+    sidecar,
+)
 
 __all__ = ["check_shards", "merge_shards", "shard_plan", "shard_range"]
 

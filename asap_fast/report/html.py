@@ -19,14 +19,13 @@ import math
 import os
 import random
 import shutil
-import sys
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asap_fast.pipeline.records import check_input, read_rows
 from asap_fast.core.traces import TraceError, parse_trace, split_steps
+from asap_fast.pipeline.records import check_input, read_rows
 
 STAGE2_FIELDS = ("step_surprisal", "kept_steps", "tokens_before", "tokens_after")
 

@@ -125,9 +125,9 @@ class ScorerSpec:
         return str(DEFAULT_SCORER)
 
     def manifest(self) -> dict:
-        from asap_fast.pipeline.manifest import model_identity
-
         import torch
+
+        from asap_fast.core.fingerprint import model_identity
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = self.dtype or ("bfloat16" if device.startswith("cuda") else "float32")

@@ -19,24 +19,20 @@ import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from asap_fast.stage2.surprisal import (
-    SEPARATOR,
-    SurprisalScorer,
-    _check_trace,
-    first_token_surprisal,
-    step_char_starts,
-)
+from asap_fast.stage2.encoding import SEPARATOR, _check_trace, step_char_starts
+
+if TYPE_CHECKING:  # the scorer is passed in; pruning never builds one (asap_fast.stage2.surprisal does)
+    from asap_fast.stage2.surprisal import SurprisalScorer
 
 __all__ = [
     "MODES",
     "PruneResult",
     "prune_scored",
     "prune_steps",
-    "prune_steps_iterative",
-    "prune_steps_iterative_ref",
     "prune_steps_ref",
     "prune_steps_result",
     "check_budget",
@@ -216,84 +212,6 @@ def _prune_global(steps, surprisal, tokenizer, max_tokens, ratio) -> tuple[list[
 # --------------------------------------------------------------------------------------------
 # Iterative mode
 # --------------------------------------------------------------------------------------------
-
-
-def _as_scorer(model, tokenizer, scorer_opts) -> SurprisalScorer:
-    if isinstance(model, SurprisalScorer):
-        if scorer_opts:
-            raise TypeError(f"scorer options {sorted(scorer_opts)} given with a ready SurprisalScorer")
-        if tokenizer is not None and tokenizer is not model.tokenizer:
-            raise ValueError("tokenizer differs from the scorer's; pass tokenizer=None with a SurprisalScorer")
-        return model
-    if tokenizer is None:
-        raise TypeError("tokenizer is required unless model is a SurprisalScorer")
-    return SurprisalScorer(model, tokenizer, **scorer_opts)
-
-
-def prune_steps_iterative_ref(
-    model, tokenizer, prefix: str, steps, *, max_tokens=None, ratio=None, steps_per_round: int = 1, **scorer_opts
-) -> list[int]:
-    """Iterative pruning by its definition: every round re-scores all kept steps from scratch
-    (:func:`first_token_surprisal` on prefix + the kept join) and removes the ``steps_per_round``
-    least surprising (ties: lower original index first), checking the budget after each removal.
-    The oracle for :func:`prune_steps_iterative`."""
-    check_budget(max_tokens, ratio)
-    steps = _check_trace(prefix, steps)
-    if isinstance(model, SurprisalScorer):
-        tokenizer = tokenizer or model.tokenizer
-    kept = list(range(len(steps)))
-    budget = _budget(_count(tokenizer, steps, kept), max_tokens, ratio)
-    if _count(tokenizer, steps, kept) <= budget:
-        return kept
-    while kept:
-        if isinstance(model, SurprisalScorer):
-            scores = model.score(prefix, [steps[i] for i in kept])
-        else:
-            scores = first_token_surprisal(model, tokenizer, prefix, [steps[i] for i in kept], **scorer_opts)
-        order = sorted(range(len(kept)), key=lambda j: (scores[j], kept[j]))
-        removed: set[int] = set()
-        for j in order[:steps_per_round]:
-            removed.add(kept[j])
-            rest = [i for i in kept if i not in removed]
-            if _count(tokenizer, steps, rest) <= budget:
-                return rest
-        kept = rest
-    return []
-
-
-def prune_steps_iterative(
-    model,
-    tokenizer,
-    prefix: str,
-    steps,
-    *,
-    max_tokens=None,
-    ratio=None,
-    steps_per_round: int = 1,
-    reuse_cache: bool = True,
-    **scorer_opts,
-) -> list[int]:
-    """Iterative pruning: after each removal, re-score the steps after it in their new context.
-
-    model: a causal LM (with ``tokenizer``) or a :class:`SurprisalScorer` (tokenizer None or the
-    scorer's). The budget is the global mode's (``max_tokens`` or ``ratio`` of the join of all
-    steps, counted with ``tokenizer.encode``). Each round scores the kept steps in
-    prefix + "\\n\\n".join(kept) and removes the ``steps_per_round`` least surprising (ties: lower
-    original index first), checking the budget after each removal; rounds go on until it fits.
-
-    steps_per_round=1 is the exact iterative rule (same kept set as
-    :func:`prune_steps_iterative_ref`); larger values are an approximation that trades fidelity
-    for fewer forward passes (steps_per_round >= len(steps) is the global mode).
-
-    Cost: a step's score depends only on the tokens before its first token, so after a removal
-    only steps whose first token lies past the first token id that changed are re-scored, and
-    the forward continues from the KV cache of the unchanged token prefix (token ids compared
-    one by one, so a re-tokenized boundary is never reused wrongly). ``reuse_cache=False``
-    recomputes the whole forward each round (for models whose cache cannot be cropped, e.g.
-    sliding-window layers, this happens anyway).
-    """
-    scorer = _as_scorer(model, tokenizer, scorer_opts)
-    return _prune_iterative(scorer, prefix, steps, max_tokens, ratio, steps_per_round, reuse_cache, False).kept
 
 
 def _common_prefix_length(a: np.ndarray, b: np.ndarray | None) -> int:

@@ -31,8 +31,28 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from asap_fast.stage2.encoding import (  # noqa: F401  (re-exported: the scorer's public helpers)
+    SEPARATOR,
+    EncodedTrace,
+    _check_fast_tokenizer,
+    _check_trace,
+    _encode_many,
+    encode_trace,
+    first_token_positions,
+    step_char_starts,
+)
+from asap_fast.stage2.pruning import (
+    _budget,
+    _count,
+    _prune_iterative,
+    check_budget,
+    prune_scored,
+)
+
 __all__ = [
     "EncodedTrace",
+    "prune_steps_iterative",
+    "prune_steps_iterative_ref",
     "HeadPlan",
     "SurprisalScorer",
     "encode_trace",
@@ -42,7 +62,6 @@ __all__ = [
     "step_char_starts",
 ]
 
-SEPARATOR = "\n\n"
 # dtypes the fused ops take; other float dtypes (float64) are scored with plain torch on K rows.
 OP_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -79,83 +98,6 @@ SCALE_CONFIG_FIELDS = ("logit_scale", "logits_scaling", "lm_head_multiplier", "o
 # --------------------------------------------------------------------------------------------
 # Step boundaries
 # --------------------------------------------------------------------------------------------
-
-
-def step_char_starts(prefix: str, steps: Sequence[str]) -> np.ndarray:
-    """(K,) int64 code-point offset of each step's first character in ``prefix + "\\n\\n".join(steps)``."""
-    lengths = np.fromiter((len(s) for s in steps), dtype=np.int64, count=len(steps))
-    starts = np.empty(len(steps), dtype=np.int64)
-    if len(steps):
-        starts[0] = len(prefix)
-        np.cumsum(lengths[:-1] + len(SEPARATOR), out=starts[1:])
-        starts[1:] += len(prefix)
-    return starts
-
-
-def first_token_positions(token_ends: np.ndarray, char_starts: np.ndarray) -> np.ndarray:
-    """(K,) int64 index of the first token whose character span ends after each ``char_starts``.
-
-    token_ends: (T,) end offset of every token (special tokens may carry 0, as HF reports them);
-    a running maximum makes the ends sorted, so one binary search per step finds its token.
-    """
-    ends = np.maximum.accumulate(np.asarray(token_ends, dtype=np.int64)) if len(token_ends) else np.zeros(0, np.int64)
-    positions = np.searchsorted(ends, np.asarray(char_starts, dtype=np.int64), side="right")
-    assert (positions < len(ends)).all(), "a step starts after the last token ends"
-    return positions.astype(np.int64)
-
-
-@dataclass(frozen=True)
-class EncodedTrace:
-    """One trace tokenized once: ``input_ids`` (T,) int64 and ``positions`` (K,) int64, the index
-    of each step's first token (0 when nothing precedes it, which scores as inf)."""
-
-    input_ids: np.ndarray
-    positions: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.input_ids.shape[0])
-
-
-def _check_trace(prefix: object, steps: object) -> list[str]:
-    if not isinstance(prefix, str):
-        raise TypeError(f"prefix must be str, got {type(prefix).__name__}")
-    if isinstance(steps, str) or not isinstance(steps, Iterable):
-        raise TypeError(f"steps must be a list of str, got {type(steps).__name__}")
-    steps = list(steps)
-    for i, step in enumerate(steps):
-        if not isinstance(step, str):
-            raise TypeError(f"steps[{i}] must be str, got {type(step).__name__}")
-        if not step:
-            raise ValueError(f"steps[{i}] is empty; steps must be non-empty strings (split_steps never yields empty ones)")
-    return steps
-
-
-def _check_fast_tokenizer(tokenizer) -> None:
-    if not getattr(tokenizer, "is_fast", False):
-        raise TypeError(
-            f"need a fast (Rust) tokenizer for character offsets, got {type(tokenizer).__name__}; "
-            "load it with AutoTokenizer.from_pretrained(..., use_fast=True)"
-        )
-
-
-def _encode_many(tokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(ids, token end offsets) per text, special tokens added as the tokenizer does by default."""
-    if not texts:
-        return []
-    enc = tokenizer(texts, return_offsets_mapping=True, return_attention_mask=False)
-    out = []
-    for ids, offsets in zip(enc["input_ids"], enc["offset_mapping"]):
-        ends = np.fromiter((o[1] for o in offsets), dtype=np.int64, count=len(offsets))
-        out.append((np.asarray(ids, dtype=np.int64), ends))
-    return out
-
-
-def encode_trace(tokenizer, prefix: str, steps: Sequence[str]) -> EncodedTrace:
-    """Tokenize ``prefix + "\\n\\n".join(steps)`` once and locate each step's first token."""
-    _check_fast_tokenizer(tokenizer)
-    steps = _check_trace(prefix, steps)
-    ((ids, ends),) = _encode_many(tokenizer, [prefix + SEPARATOR.join(steps)])
-    return EncodedTrace(ids, first_token_positions(ends, step_char_starts(prefix, steps)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -520,8 +462,6 @@ class SurprisalScorer:
         mode "global": the reference's rule on one scoring pass (:func:`asap_fast.prune_steps`).
         mode "iterative": re-score after each removal (:func:`asap_fast.pruning.prune_steps_iterative`).
         """
-        from asap_fast.stage2.pruning import prune_scored
-
         return prune_scored(self, prefix, steps, max_tokens=max_tokens, ratio=ratio, mode=mode,
                             steps_per_round=steps_per_round)
 
@@ -536,3 +476,86 @@ def first_token_surprisal(model, tokenizer, prefix: str, steps: Sequence[str], *
     max_length, device, dtype). For many traces keep a SurprisalScorer instead.
     """
     return SurprisalScorer(model, tokenizer, **opts).score(prefix, steps)
+
+
+# --------------------------------------------------------------------------------------------
+# Iterative pruning from a model and tokenizer (the rules themselves are in asap_fast.stage2.pruning)
+# --------------------------------------------------------------------------------------------
+
+
+def _as_scorer(model, tokenizer, scorer_opts) -> SurprisalScorer:
+    if isinstance(model, SurprisalScorer):
+        if scorer_opts:
+            raise TypeError(f"scorer options {sorted(scorer_opts)} given with a ready SurprisalScorer")
+        if tokenizer is not None and tokenizer is not model.tokenizer:
+            raise ValueError("tokenizer differs from the scorer's; pass tokenizer=None with a SurprisalScorer")
+        return model
+    if tokenizer is None:
+        raise TypeError("tokenizer is required unless model is a SurprisalScorer")
+    return SurprisalScorer(model, tokenizer, **scorer_opts)
+
+
+def prune_steps_iterative_ref(
+    model, tokenizer, prefix: str, steps, *, max_tokens=None, ratio=None, steps_per_round: int = 1, **scorer_opts
+) -> list[int]:
+    """Iterative pruning by its definition: every round re-scores all kept steps from scratch
+    (:func:`first_token_surprisal` on prefix + the kept join) and removes the ``steps_per_round``
+    least surprising (ties: lower original index first), checking the budget after each removal.
+    The oracle for :func:`prune_steps_iterative`."""
+    check_budget(max_tokens, ratio)
+    steps = _check_trace(prefix, steps)
+    if isinstance(model, SurprisalScorer):
+        tokenizer = tokenizer or model.tokenizer
+    kept = list(range(len(steps)))
+    budget = _budget(_count(tokenizer, steps, kept), max_tokens, ratio)
+    if _count(tokenizer, steps, kept) <= budget:
+        return kept
+    while kept:
+        if isinstance(model, SurprisalScorer):
+            scores = model.score(prefix, [steps[i] for i in kept])
+        else:
+            scores = first_token_surprisal(model, tokenizer, prefix, [steps[i] for i in kept], **scorer_opts)
+        order = sorted(range(len(kept)), key=lambda j: (scores[j], kept[j]))
+        removed: set[int] = set()
+        for j in order[:steps_per_round]:
+            removed.add(kept[j])
+            rest = [i for i in kept if i not in removed]
+            if _count(tokenizer, steps, rest) <= budget:
+                return rest
+        kept = rest
+    return []
+
+
+def prune_steps_iterative(
+    model,
+    tokenizer,
+    prefix: str,
+    steps,
+    *,
+    max_tokens=None,
+    ratio=None,
+    steps_per_round: int = 1,
+    reuse_cache: bool = True,
+    **scorer_opts,
+) -> list[int]:
+    """Iterative pruning: after each removal, re-score the steps after it in their new context.
+
+    model: a causal LM (with ``tokenizer``) or a :class:`SurprisalScorer` (tokenizer None or the
+    scorer's). The budget is the global mode's (``max_tokens`` or ``ratio`` of the join of all
+    steps, counted with ``tokenizer.encode``). Each round scores the kept steps in
+    prefix + "\\n\\n".join(kept) and removes the ``steps_per_round`` least surprising (ties: lower
+    original index first), checking the budget after each removal; rounds go on until it fits.
+
+    steps_per_round=1 is the exact iterative rule (same kept set as
+    :func:`prune_steps_iterative_ref`); larger values are an approximation that trades fidelity
+    for fewer forward passes (steps_per_round >= len(steps) is the global mode).
+
+    Cost: a step's score depends only on the tokens before its first token, so after a removal
+    only steps whose first token lies past the first token id that changed are re-scored, and
+    the forward continues from the KV cache of the unchanged token prefix (token ids compared
+    one by one, so a re-tokenized boundary is never reused wrongly). ``reuse_cache=False``
+    recomputes the whole forward each round (for models whose cache cannot be cropped, e.g.
+    sliding-window layers, this happens anyway).
+    """
+    scorer = _as_scorer(model, tokenizer, scorer_opts)
+    return _prune_iterative(scorer, prefix, steps, max_tokens, ratio, steps_per_round, reuse_cache, False).kept
