@@ -48,10 +48,8 @@ __all__ = [
     "LORA_DEFAULTS",
     "PAPER_DEFAULTS",
     "SFTConfigError",
-    "add_sft",
     "build_trainer",
     "load_config",
-    "main",
     "run_sft",
 ]
 
@@ -382,11 +380,12 @@ def resolve_model_path(name: Any) -> str:
 
 
 def load_tokenizer(model_path: str, cfg: dict, args):
+    """(tokenizer, the model's vocabulary size or None), with EOS and an in-vocabulary pad set."""
     from transformers import AutoConfig, AutoTokenizer
 
     kwargs = {"trust_remote_code": bool(cfg.get("trust_remote_code", False))}
     try:
-        AutoConfig.from_pretrained(model_path, **kwargs)
+        config = AutoConfig.from_pretrained(model_path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(model_path, **kwargs)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -397,9 +396,36 @@ def load_tokenizer(model_path: str, cfg: dict, args):
         tokenizer.eos_token = args.eos_token
     if tokenizer.eos_token_id is None:
         raise SFTConfigError(f"the tokenizer of {model_path} has no EOS token; set eos_token in the config")
-    if tokenizer.pad_token is None:
+    vocab = _model_vocab_size(config)
+    if vocab is not None and tokenizer.eos_token_id >= vocab:
+        raise SFTConfigError(f"the tokenizer's EOS id {tokenizer.eos_token_id} is outside the model's vocabulary of "
+                             f"{vocab}: tokenizer and model do not match (resize the model's embeddings first)")
+    if tokenizer.pad_token is None or (vocab is not None and tokenizer.pad_token_id >= vocab):
+        if tokenizer.pad_token is not None:  # a <pad> added to the tokenizer, the embedding never resized
+            print(f"asap sft: the tokenizer's pad id {tokenizer.pad_token_id} is outside the model's vocabulary of "
+                  f"{vocab}; padding with EOS instead (padded positions carry no loss)", file=sys.stderr)
         tokenizer.pad_token = tokenizer.eos_token  # padded positions get label -100 whatever the pad id
-    return tokenizer
+    return tokenizer, vocab
+
+
+def _model_vocab_size(config) -> int | None:
+    getter = getattr(config, "get_text_config", None)
+    text = getter() if callable(getter) else config
+    size = getattr(text, "vocab_size", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def check_token_ids(prepared, vocab: int | None) -> None:
+    """A token id the model's embedding does not have is a one-line error naming both sizes
+    (not an IndexError deep in the forward pass)."""
+    if vocab is None:
+        return
+    for number, example in enumerate(prepared.examples, 1):
+        top = max(example.input_ids, default=-1)
+        if top >= vocab:
+            raise SFTConfigError(f"training sample {number} has token id {top}, but the model's vocabulary has {vocab} "
+                                 f"entries: tokenizer and model do not match (resize the model's embeddings "
+                                 f"or use the model's own tokenizer)")
 
 
 def prepare_data(cfg: dict, tokenizer, max_length: int | None) -> PreparedData:
@@ -486,12 +512,13 @@ def build_trainer(cfg: dict) -> SFTRun:
     args = build_sft_args(cfg)
     model_path = resolve_model_path(cfg["model_name_or_path"])
     peft_config = _lora_config(cfg)
-    tokenizer = load_tokenizer(model_path, cfg, args)
+    tokenizer, vocab = load_tokenizer(model_path, cfg, args)
     try:
         template = ensure_chat_template(tokenizer, cfg.get("chat_template") or "auto")
     except FileNotFoundError as e:
         raise SFTConfigError(str(e)) from None
     prepared = prepare_data(cfg, tokenizer, args.max_length)
+    check_token_ids(prepared, vocab)
 
     from trl import SFTTrainer
 
