@@ -179,8 +179,8 @@ def run_worker(spec_path: Path) -> None:
 
 def pick_case(records, tokenizer, target: int):
     """(prefix, steps, n_tokens) from the real trace with the fewest tokens >= target, cut to fit."""
-    from asap_fast.testing import trace_case
     from asap_fast.core.traces import TraceError
+    from asap_fast.testing import trace_case
 
     best = None
     for record in records:
