@@ -464,7 +464,7 @@ def _bwrap_argv(limits: SandboxLimits, setup: str, root: bool) -> list[str]:
             argv += ["--symlink", os.readlink(top), top]
         elif os.path.isdir(top):
             argv += ["--ro-bind", top, top]
-    argv += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
+    argv += ["--perms", "0755", "--dir", "/etc", "--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
     made = {"/"}
     for rootdir in _python_roots():
         parents = []
@@ -587,6 +587,13 @@ class _Run:
         if self.layer == "bwrap":
             argv = _bwrap_argv(limits, json.dumps(setup), root)
             cwd, env = "/", _clean_env(_WORK_INSIDE)
+            # bwrap either builds all of this or fails to start: nothing here is best effort.
+            self.isolation.update(
+                pid_ns=True, mount_ns=True, ipc_ns=True, uts_ns=True,
+                net_ns=True if not limits.allow_network else "disabled",
+                user_ns=True if not root else "not needed (root: drops to uid 65534)",
+                readonly_fs=True, view="minimal (/usr, python, tmpfs work dir and /tmp, own /proc, 4 devices)",
+            )
         else:
             self.workdir = tempfile.mkdtemp(prefix="asap-sbx-")
             argv = [_python(), "-I", "-S", _MAIN, json.dumps(setup)]

@@ -204,11 +204,14 @@ class CollectOutputs(OutputJudge):
         return True
 
 
+MEMORY_CAP = "killed: the sample went over its memory cap (all its processes together)"
+
+
 def _ended_early(res: SandboxResult, where: str) -> tuple[str, str]:
     if res.overflow:
         return "error", f"the program flooded its channel to the harness ({res.overflow})"
     if res.memory_exceeded:
-        return "error", "killed: the sample went over its memory cap (all its processes together)"
+        return "error", MEMORY_CAP
     if res.timed_out:
         return "timeout", f"killed after the {res.wall_s:.1f} s limit of the whole sample"
     if res.stopped:
@@ -255,6 +258,8 @@ class Trial:
             self.job.watch = self.judge
             res = run_job(self.job, limits)
             reason, detail = self.judge.result(res)
+            if res.memory_exceeded:  # over its memory cap: a failure, like a judge's MLE, and the real
+                reason, detail = "error", MEMORY_CAP  # cause of whatever followed
             return Outcome(reason, detail, res.wall_s, res.isolation)
         cand, test = run_pair(self.job, self.tester, limits)
         verdict = next((e for e in test.events if e.get("ev") == "verdict"), None)
@@ -262,11 +267,10 @@ class Trial:
         if verdict is not None:
             status = verdict.get("status")
             detail = str(verdict.get("detail", ""))[:2000]
+            if cand.memory_exceeded:
+                return Outcome("error", MEMORY_CAP, test.wall_s, isolation)
             if status == "passed":
                 return Outcome("passed", "", test.wall_s, isolation)
-            if cand.memory_exceeded:
-                return Outcome("error", "killed: the sample went over its memory cap (all its processes together)",
-                               test.wall_s, isolation)
             if status == "failed":
                 return Outcome("failed", detail, test.wall_s, isolation)
             if status == "harness":
@@ -280,7 +284,7 @@ class Trial:
 
 def _candidate_detail(detail: str, cand: SandboxResult) -> str:
     if cand.memory_exceeded:
-        return "killed: the sample went over its memory cap (all its processes together)"
+        return MEMORY_CAP
     if detail.startswith("the program ended") and cand.signal is not None:
         return f"{detail} (killed by signal {cand.signal}){_stderr_tail(cand)}"
     return detail
