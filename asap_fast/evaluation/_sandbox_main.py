@@ -37,7 +37,6 @@ import base64
 import builtins
 import copy
 import ctypes
-import ctypes.util
 import io
 import json
 import math
@@ -255,7 +254,8 @@ class LineReader:
 
 
 def _libc():
-    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    # The symbols of the libc this interpreter already runs on; find_library would spawn ldconfig.
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _call(fn, *args) -> str | None:

@@ -285,6 +285,6 @@ class Trial:
 def _candidate_detail(detail: str, cand: SandboxResult) -> str:
     if cand.memory_exceeded:
         return MEMORY_CAP
-    if detail.startswith("the program ended") and cand.signal is not None:
-        return f"{detail} (killed by signal {cand.signal}){_stderr_tail(cand)}"
+    if detail.startswith("the program ended"):
+        return f"{detail}{_stderr_tail(cand)}"
     return detail
