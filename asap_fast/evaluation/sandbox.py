@@ -449,6 +449,24 @@ def _python_roots() -> list[str]:
     return sorted(roots)
 
 
+@functools.cache
+def _python_open_to_all() -> bool:
+    """Whether any user can reach the interpreter's install (every ancestor searchable by others):
+    the fallback layer sees the host's file system, so uid 65534 must be able to import."""
+    for root in [os.path.dirname(_python()), *_python_roots()]:
+        path = root
+        while True:
+            try:
+                if not os.stat(path).st_mode & stat.S_IXOTH:
+                    return False
+            except OSError:
+                return False
+            if path == "/":
+                break
+            path = os.path.dirname(path)
+    return True
+
+
 def _bwrap_argv(limits: SandboxLimits, setup: str, root: bool) -> list[str]:
     argv = [bwrap_path(), "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
             "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
@@ -582,6 +600,9 @@ class _Run:
         config["isolation"] = {"allow_network": limits.allow_network, "readonly_fs": limits.readonly_fs,
                                "pid_ns": limits.pid_ns, "user_ns": limits.user_ns}
         root = os.geteuid() == 0
+        drop = root and (self.layer == "bwrap" or (self.layer == "namespaces" and _python_open_to_all()))
+        if drop and self.layer == "namespaces":
+            config["isolation"]["user_ns"] = False  # root needs none, and its uid map would forbid 65534
         made = _Cgroup.create(limits.memory_bytes, limits.processes) if limits.cgroup else "disabled"
         if isinstance(made, _Cgroup):
             self.cgroup = made
@@ -598,8 +619,12 @@ class _Run:
         job_fd = _memfd(json.dumps(config).encode("utf-8"))
         self.events_r = events_r
         setup = {"layer": self.layer, "job": job_fd, "events": events_w, **self.extra}
-        if root and self.layer == "bwrap":
+        if drop:
+            # Untrusted code does not run as root: as uid 0 it could read the parent's memory (the
+            # expected outputs) through the fallback's host /proc, and RLIMIT_NPROC would not apply.
             setup.update(uid=NOBODY, gid=NOBODY)
+        elif root:
+            self.isolation["uid"] = "0 kept: the Python install is not readable by uid 65534 outside bwrap"
         if self.layer == "bwrap":
             argv = _bwrap_argv(limits, json.dumps(setup), root)
             cwd, env = "/", _clean_env(_WORK_INSIDE)
@@ -612,6 +637,8 @@ class _Run:
             )
         else:
             self.workdir = tempfile.mkdtemp(prefix="asap-sbx-")
+            if drop:
+                os.chown(self.workdir, NOBODY, NOBODY)
             argv = [_python(), "-I", "-S", _MAIN, json.dumps(setup)]
             cwd, env = self.workdir, _clean_env(self.workdir)
         if self.cgroup is not None:
