@@ -25,7 +25,12 @@ import pytest
 
 from asap_fast.evaluation import Sample, SandboxLimits, get_benchmark, score_samples
 from asap_fast.evaluation.benchmarks import lcb_sample_wall
-from asap_fast.evaluation.sandbox import _bwrap_works, _Cgroup, isolation_report, remove_tree
+from asap_fast.evaluation.sandbox import (
+    _bwrap_works,
+    _Cgroup,
+    isolation_report,
+    remove_tree,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 REPO = Path(__file__).resolve().parents[1]

@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from asap_fast.evaluation._sandbox_main import PlainError, decode
-from asap_fast.evaluation.sandbox import SandboxJob, SandboxLimits, SandboxResult, run_job, run_pair
+from asap_fast.evaluation.sandbox import (
+    SandboxJob,
+    SandboxLimits,
+    SandboxResult,
+    run_job,
+    run_pair,
+)
 
 __all__ = [
     "CollectOutputs",
