@@ -6,14 +6,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import asap_fast as af
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "sample-traces.jsonl"
+ASAP = str(Path(sys.executable).parent / "asap")
 
 
-def asap(*args, check=True):
-    # The installed console script, as the README runs it.
-    result = subprocess.run(["asap", *map(str, args)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+def asap(*args, check=True, cwd=None):
+    # The installed console script, as the README runs it: the one beside this interpreter, so the
+    # test does not depend on PATH.
+    result = subprocess.run([ASAP, *map(str, args)], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            cwd=cwd)
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -94,3 +99,18 @@ def test_module_entry_point(tmp_path):
         [sys.executable, "-m", "asap_fast.cli", "--version"], capture_output=True, text=True, cwd=tmp_path
     )
     assert result.returncode == 0 and "asap-fast" in result.stdout
+
+
+@pytest.mark.parametrize("name", [
+    "split", "direct", "coarse", "fine", "compress", "merge", "report", "sft",
+    "eval",
+])
+def test_every_subcommand_help_explains_with_an_example(name):
+    # In-process: the parser is what `asap COMMAND --help` prints; each epilog ends in an example.
+    import argparse
+
+    from asap_fast.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    text = sub.choices[name].format_help()
+    assert f"example:\n  asap {name} " in text or "example:\n  accelerate " in text

@@ -97,13 +97,14 @@ def test_compress_skip_coarse_needs_no_llm_and_prunes_the_original_thinking(tmp_
     src = tmp_path / "in.jsonl"
     rows = [dict(r, coarse_think="ignored") for r in ROWS]
     write(src, rows)
-    assert cli("compress", src, tmp_path / "c.jsonl", "--skip-coarse", "--model", model_dir, "--budget", "40",
+    assert cli("compress", src, tmp_path / "c.jsonl", "--skip-coarse", "--model", model_dir, "--budget", "120",
                "--quiet") == 0
     write(tmp_path / "plain.jsonl", ROWS)
-    assert cli("fine", tmp_path / "plain.jsonl", tmp_path / "f.jsonl", "--model", model_dir, "--budget", "40",
+    assert cli("fine", tmp_path / "plain.jsonl", tmp_path / "f.jsonl", "--model", model_dir, "--budget", "120",
                "--quiet") == 0
     compressed, fine = read(tmp_path / "c.jsonl"), read(tmp_path / "f.jsonl")
-    assert len(compressed) == 6
+    # budget 120 keeps some steps of every row (a budget that removes every step is a reject)
+    assert len(compressed) == 6 and all(r["kept_steps"] and r["tokens_after"] <= 120 for r in compressed)
     assert [{k: v for k, v in r.items() if k != "coarse_think"} for r in compressed] == fine
     assert all("direct_thought" not in r for r in compressed)
     rejects = read(tmp_path / "c.rejects.jsonl")

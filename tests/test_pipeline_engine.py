@@ -1,4 +1,5 @@
-"""Resumable corpus runs: a run killed at any point resumes to exactly the uninterrupted output."""
+"""The run engine (asap_fast.pipeline.engine): a run killed at any point resumes to exactly the
+uninterrupted output, in every format."""
 
 import gzip
 import json
@@ -10,7 +11,12 @@ import textwrap
 
 import pytest
 
-from asap_fast.pipeline.engine import CorpusWriter, RowError, run_corpus
+from asap_fast.core.errors import RowError
+from asap_fast.pipeline.engine import CorpusWriter, Interrupted, RunOptions, run_corpus
+
+
+def opts(**kw):
+    return RunOptions(quiet=True, **kw)
 
 
 def make_input(path, n=200):
@@ -27,10 +33,10 @@ def make_input(path, n=200):
         f.write("\n".join(rows) + "\n")
 
 
-def process(rows):
+def process(records):
     # Deterministic stage: reject every row whose generation is empty, else add a field.
-    return [RowError("empty generation") if not r.record["generation"] else {**r.record, "len": len(r.record["generation"])}
-            for r in rows]
+    return [RowError("empty generation") if not r["generation"] else {**r, "len": len(r["generation"])}
+            for r in records]
 
 
 def read_lines(path):
@@ -43,7 +49,7 @@ def read_lines(path):
 def test_uninterrupted_run(tmp_path, suffix):
     src, out = tmp_path / f"in{suffix}", tmp_path / f"out{suffix}"
     make_input(src)
-    summary = run_corpus(src, out, stage="t", process=process, batch_size=8, quiet=True)
+    summary = run_corpus(src, out, stage="t", process=process, options=opts(batch=8))
     assert summary.rows == 200 and summary.written + summary.rejected == 200
     rejects = [json.loads(line) for line in read_lines(tmp_path / "out.rejects.jsonl")]
     assert {r["error"] for r in rejects} >= {"empty generation", "missing field 'generation'"}
@@ -54,8 +60,8 @@ def test_uninterrupted_run(tmp_path, suffix):
 KILLER = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {tests!r})
-    from test_corpus import process
-    from asap_fast.pipeline.engine import run_corpus
+    from test_pipeline_engine import process
+    from asap_fast.pipeline.engine import RunOptions, run_corpus
     calls = 0
     def dying(rows):
         global calls
@@ -63,7 +69,8 @@ KILLER = textwrap.dedent("""
         if calls == {kill_at}:
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: a real kill -9
         return process(rows)
-    run_corpus({src!r}, {out!r}, stage="t", process=dying, batch_size=8, commit_seconds=0.0, quiet=True)
+    run_corpus({src!r}, {out!r}, stage="t", process=dying,
+               options=RunOptions(batch=8, commit_seconds=0.0, quiet=True))
 """)
 
 
@@ -73,7 +80,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, suffix, kill_at):
     src = tmp_path / f"in{suffix}"
     make_input(src)
     clean = tmp_path / "clean" / f"out{suffix}"
-    run_corpus(src, clean, stage="t", process=process, batch_size=8, quiet=True)
+    run_corpus(src, clean, stage="t", process=process, options=opts(batch=8))
 
     out = tmp_path / "killed" / f"out{suffix}"
     script = KILLER.format(tests=os.path.dirname(__file__), src=str(src), out=str(out), kill_at=kill_at)
@@ -82,7 +89,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, suffix, kill_at):
     # A torn line, as a kill in the middle of a write leaves it, must not survive the resume.
     with open(out, "ab") as f:
         f.write(b'{"id": "torn", "gen')
-    summary = run_corpus(src, out, stage="t", process=process, batch_size=8, quiet=True)
+    summary = run_corpus(src, out, stage="t", process=process, options=opts(batch=8))
     assert summary.resumed_from + summary.rows == 200
     assert (summary.resumed_from > 0) == (kill_at > 1)  # every batch before the kill was committed
     assert read_lines(out) == read_lines(clean)
@@ -92,15 +99,20 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, suffix, kill_at):
 def test_resume_skips_committed_rows(tmp_path):
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     make_input(src, n=50)
-    run_corpus(src, out, stage="t", process=process, batch_size=8, quiet=True)
+    run_corpus(src, out, stage="t", process=process, options=opts(batch=8))
     seen = []
-    summary = run_corpus(src, out, stage="t", process=lambda rows: seen.extend(rows) or process(rows), quiet=True)
+    summary = run_corpus(src, out, stage="t", process=lambda rows: seen.extend(rows) or process(rows), options=opts())
     assert seen == [] and summary.rows == 0 and summary.resumed_from == 50
-    # Appending rows to the input and re-running processes only the new ones.
+    # The input is part of the run's manifest: a grown input is another run, refused before any
+    # work with the field that differs; --overwrite (RunOptions.overwrite) starts OUT afresh.
+    before = out.read_bytes()
     with open(src, "a") as f:
         f.write(json.dumps({"id": "new", "generation": "abc"}) + "\n")
-    summary = run_corpus(src, out, stage="t", process=process, quiet=True)
-    assert summary.rows == 1 and json.loads(read_lines(out)[-1])["id"] == "new"
+    with pytest.raises(ValueError, match=r"was begun with input\.size = \d+, this run has \d+"):
+        run_corpus(src, out, stage="t", process=process, options=opts())
+    assert out.read_bytes() == before
+    summary = run_corpus(src, out, stage="t", process=process, options=opts(overwrite=True))
+    assert summary.rows == 51 and summary.resumed_from == 0 and json.loads(read_lines(out)[-1])["id"] == "new"
 
 
 def test_writer_refuses_unsupported_output(tmp_path):
@@ -112,7 +124,7 @@ def test_stage_returning_wrong_count_is_an_error(tmp_path):
     src = tmp_path / "in.jsonl"
     make_input(src, n=5)
     with pytest.raises(RuntimeError, match="returned 0 results for"):
-        run_corpus(src, tmp_path / "out.jsonl", stage="t", process=lambda rows: [], quiet=True)
+        run_corpus(src, tmp_path / "out.jsonl", stage="t", process=lambda rows: [], options=opts())
 
 
 @pytest.mark.parametrize("in_fmt", ["jsonl", "parquet", "datasets"])
@@ -143,9 +155,9 @@ def test_formats_round_trip_and_resume(tmp_path, in_fmt, out_fmt):
             raise KeyboardInterrupt  # an interrupted run: two batches committed, nothing finished
         return process(rows)
 
-    with pytest.raises(KeyboardInterrupt):
-        run_corpus(src, out, stage="t", process=failing_once, batch_size=8, commit_seconds=0.0, quiet=True)
-    summary = run_corpus(src, out, stage="t", process=process, batch_size=8, quiet=True)
+    with pytest.raises(Interrupted, match="interrupted after 16 rows; run the same command again to resume"):
+        run_corpus(src, out, stage="t", process=failing_once, options=opts(batch=8, commit_seconds=0.0))
+    summary = run_corpus(src, out, stage="t", process=process, options=opts(batch=8))
     assert summary.resumed_from == 16 and summary.rows == 24
     got = [r.record for r in read_rows(out)]
     expected = [{**r, "len": len(r["generation"])} for r in records if r["generation"]]
@@ -154,43 +166,54 @@ def test_formats_round_trip_and_resume(tmp_path, in_fmt, out_fmt):
     assert [r["id"] for r in rejects] == [r["id"] for r in records if not r["generation"]]
 
 
-def test_progress_line_shows_rates_and_eta(capsys):
-    from asap_fast.pipeline.engine import ProgressReporter
+def test_progress_line_shows_rates_and_eta():
+    import io
 
-    reporter = ProgressReporter("fine", quiet=False, total=100)
-    reporter.tty = False
-    reporter.start -= 10.0  # ten seconds into the run
-    reporter.last = float("-inf")  # due for a line
-    reporter.update(25, tokens=5000)
-    line = capsys.readouterr().err.strip()
-    assert line.startswith("asap fine: 25 rows/100, 2.5 rows/s, 500 tokens/s, ETA 30s")
+    from asap_fast.pipeline.progress import Progress
+
+    stream = io.StringIO()  # not a terminal: plain log lines, no tqdm bar
+    progress = Progress("fine", quiet=False, total=100, stream=stream)
+    progress.start -= 10.0  # ten seconds into the run
+    progress.last_log = float("-inf")  # due for a line
+    progress.update(25, tokens_before=5000, tokens_after=1000)
+    assert stream.getvalue().strip() == "asap fine: 25/100 rows, 2.50 rows/s, 500 trace tokens/s, ETA 30s"
+    # a resumed run counts the rows done before it, but rates and ETA only from its own rows
+    stream = io.StringIO()
+    progress = Progress("split", quiet=False, done=40, total=100, stream=stream)
+    progress.start -= 10.0
+    progress.last_log = float("-inf")
+    progress.update(20)
+    assert stream.getvalue().strip() == "asap split: 60/100 rows, 2.00 rows/s, ETA 20s"
+    quiet = Progress("split", quiet=True, total=100, stream=stream)
+    quiet.last_log = float("-inf")
+    quiet.update(5)
+    assert stream.getvalue().count("\n") == 1
 
 
-def test_total_rows_counts_only_what_is_left(tmp_path, capsys):
+def test_total_rows_counts_only_what_is_left(tmp_path, monkeypatch):
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     make_input(src, n=30)
     seen = []
 
     class Spy:
-        def __init__(self, stage, *, quiet, total=None):
-            seen.append(total)
+        """Records the total a run announces: a shard's slice, else the input's row count."""
 
-        def update(self, rows, **counters):
+        def __init__(self, stage, *, quiet, done=0, total=None, count_total=None, stream=None):
+            seen.append((done, total if total is not None else count_total()))
+
+        def update(self, rows, tokens_before=0, tokens_after=0):
             pass
 
         def close(self):
             pass
 
-    import asap_fast.pipeline.engine as corpus
+    import asap_fast.pipeline.engine as engine
 
-    original = corpus.ProgressReporter
-    corpus.ProgressReporter = Spy
-    try:
-        run_corpus(src, out, stage="t", process=process, batch_size=8, quiet=True, total_rows=30, rows=(0, 20))
-        run_corpus(src, tmp_path / "o2.jsonl", stage="t", process=process, quiet=True, total_rows=30)
-    finally:
-        corpus.ProgressReporter = original
-    assert seen == [20, 30]
+    monkeypatch.setattr(engine, "Progress", Spy)
+    run_corpus(src, out, stage="t", process=process, options=opts(batch=8), rows=(0, 20))
+    run_corpus(src, tmp_path / "o2.jsonl", stage="t", process=process, options=opts())
+    run_corpus(src, tmp_path / "o2.jsonl", stage="t", process=process, options=opts())  # resumed: all 30 done
+    assert seen == [(0, 20), (0, 30), (30, 30)]
 
 
 @pytest.mark.parametrize("out_name", ["out.parquet", "out_ds"])
@@ -205,7 +228,95 @@ def test_parts_with_different_schemas_combine(tmp_path, out_name):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in records))
     out = tmp_path / out_name
-    run_corpus(src, out, stage="t", process=lambda rows: [dict(r.record) for r in rows], batch_size=4,
-               commit_seconds=0.0, quiet=True)
+    run_corpus(src, out, stage="t", process=lambda records: [dict(r) for r in records],
+               options=opts(batch=4, commit_seconds=0.0))
     got = [r.record for r in read_rows(out)]
     assert got == [{**r, "only_late": r.get("only_late")} for r in records]
+
+
+def _clean_run(tmp_path, src):
+    clean = tmp_path / "clean" / "out.jsonl"
+    run_corpus(src, clean, stage="t", process=process, options=opts(batch=8))
+    return read_lines(clean), read_lines(clean.parent / "out.rejects.jsonl")
+
+
+def _committed_rows(out):
+    return json.loads(out.with_name(out.name + ".progress.json").read_text())["rows"]
+
+
+def test_interrupt_just_after_the_progress_file_is_replaced_writes_no_row_twice(tmp_path, monkeypatch):
+    # Deterministic stand-in for Ctrl-C / SIGTERM landing at the end of a commit: the directory
+    # fsync that follows the atomic replace of OUT.progress.json is interrupted.
+    import asap_fast.pipeline.engine as engine
+
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    make_input(src, n=40)
+    expected = _clean_run(tmp_path, src)
+    real_fsync_dir, calls = engine._fsync_dir, []
+
+    def fsync_dir(path):
+        real_fsync_dir(path)
+        calls.append(path)
+        if len(calls) == 4:  # 2 when OUT is begun (manifest, progress), then one per commit
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_fsync_dir", fsync_dir)
+    with pytest.raises(Interrupted):
+        run_corpus(src, out, stage="t", process=process, options=opts(batch=8, commit_seconds=0.0))
+    monkeypatch.setattr(engine, "_fsync_dir", real_fsync_dir)
+    lines, rejects = read_lines(out), read_lines(tmp_path / "out.rejects.jsonl")
+    assert len(lines) + len(rejects) == _committed_rows(out)
+    assert len({json.loads(line)["id"] for line in lines}) == len(lines), "a row was committed twice"
+    run_corpus(src, out, stage="t", process=process, options=opts(batch=8))
+    assert (read_lines(out), read_lines(tmp_path / "out.rejects.jsonl")) == expected
+
+
+def test_failed_progress_write_writes_no_row_twice(tmp_path, monkeypatch):
+    # A full disk (or any OSError) that spares OUT's append but hits OUT.progress.json once.
+    import errno
+
+    import asap_fast.pipeline.engine as engine
+
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    make_input(src, n=40)
+    expected = _clean_run(tmp_path, src)
+    real_write_json, calls = engine.CorpusWriter._write_json, []
+
+    def write_json(self, path, data):
+        calls.append(path)
+        if len(calls) == 4:  # manifest and progress when OUT is begun, then one per commit
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write_json(self, path, data)
+
+    monkeypatch.setattr(engine.CorpusWriter, "_write_json", write_json)
+    with pytest.raises(engine.OutputError, match="No space left on device"):
+        run_corpus(src, out, stage="t", process=process, options=opts(batch=8, commit_seconds=0.0))
+    monkeypatch.setattr(engine.CorpusWriter, "_write_json", real_write_json)
+    progress = json.loads(out.with_name("out.jsonl.progress.json").read_text())
+    assert out.stat().st_size == progress["out"], "the uncommitted tail was left in OUT"
+    lines = read_lines(out)
+    assert len({json.loads(line)["id"] for line in lines}) == len(lines), "a row was committed twice"
+    run_corpus(src, out, stage="t", process=process, options=opts(batch=8))
+    assert (read_lines(out), read_lines(tmp_path / "out.rejects.jsonl")) == expected
+
+
+def test_rows_that_cannot_be_encoded_become_rejects(tmp_path):
+    # A stage's output with a lone surrogate (no UTF-8 file can hold it) is a reject, written
+    # safely; so is a reject whose id holds one. The rows around them are kept.
+    from asap_fast.pipeline.records import Row
+
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps({"id": f"r{i}", "generation": "g"}) + "\n" for i in range(3)))
+    summary = run_corpus(src, out, stage="t", options=opts(),
+                         process=lambda records: [{**r, "x": "\ud800" if r["id"] == "r1" else "ok"} for r in records])
+    assert summary.written == 2 and summary.rejected == 1
+    assert [json.loads(line)["id"] for line in read_lines(out)] == ["r0", "r2"]
+    (reject,) = [json.loads(line) for line in (tmp_path / "out.rejects.jsonl").read_bytes().decode().splitlines()]
+    assert reject == {"id": "r1", "stage": "t",
+                      "error": "text with a lone surrogate ('\\ud800') cannot be written as UTF-8"}
+
+    writer = CorpusWriter(tmp_path / "w.jsonl", stage="t")
+    writer.reject(Row(1, {"id": "bad\udc00id"}), "some error")
+    writer.close(finished=True)
+    raw = (tmp_path / "w.rejects.jsonl").read_bytes()
+    assert json.loads(raw.decode("utf-8")) == {"id": "bad\udc00id", "stage": "t", "error": "some error"}

@@ -7,14 +7,9 @@ from pathlib import Path
 import pytest
 
 from asap_fast.cli import main
-from asap_fast.pipeline.engine import read_rows_range
-from asap_fast.pipeline.records import read_rows
-from asap_fast.pipeline.scale import (
-    count_rows,
-    merge_shards,
-    parse_shard,
-    shard_range,
-)
+from asap_fast.cli.common import shard as parse_shard
+from asap_fast.pipeline.records import count_rows, read_rows
+from asap_fast.pipeline.shards import merge_shards, shard_range
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "sample-traces.jsonl"
 
@@ -53,11 +48,11 @@ def test_parse_shard_and_ranges():
             assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
 
 
-def test_read_rows_range_matches_read_rows(corpus, tmp_path):
+def test_read_rows_slice_matches_read_rows(corpus, tmp_path):
     rows = list(read_rows(corpus))
     assert count_rows(corpus) == len(rows) == 22
     for start, stop in ((0, None), (0, 5), (3, 9), (20, None), (21, 22), (5, 5)):
-        got = list(read_rows_range(corpus, start, stop))
+        got = list(read_rows(corpus, start, stop))
         assert [(r.line, r.record, r.error) for r in got] == [(r.line, r.record, r.error) for r in rows[start:stop]]
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -65,7 +60,7 @@ def test_read_rows_range_matches_read_rows(corpus, tmp_path):
     records = [{"id": str(i), "n": i} for i in range(600)]
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "t.parquet")
     assert count_rows(tmp_path / "t.parquet") == 600
-    got = list(read_rows_range(tmp_path / "t.parquet", 255, 513))
+    got = list(read_rows(tmp_path / "t.parquet", 255, 513))
     assert [r.record for r in got] == records[255:513] and got[0].line == 256
 
 
@@ -94,22 +89,22 @@ def test_parquet_shards_merge(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from asap_fast.pipeline.engine import RowError, run_corpus
-    from asap_fast.pipeline.scale import shard_plan
+    from asap_fast.core.errors import RowError
+    from asap_fast.pipeline.engine import RunOptions, run_corpus
+    from asap_fast.pipeline.shards import shard_plan
 
     records = [{"id": str(i), "generation": "x" * (i % 5)} for i in range(50)]
     pq.write_table(pa.Table.from_pylist(records), tmp_path / "in.parquet")
 
-    def process(rows):
-        return [{**r.record, "n": len(r.record["generation"])} if r.record["generation"] else RowError("empty")
-                for r in rows]
+    def process(records):
+        return [{**r, "n": len(r["generation"])} if r["generation"] else RowError("empty") for r in records]
 
     shards = []
     for i in range(3):
         rows, meta = shard_plan(tmp_path / "in.parquet", (i, 3))
         shards.append(tmp_path / f"s{i}.parquet")
-        run_corpus(tmp_path / "in.parquet", shards[-1], stage="t", process=process, batch_size=4, quiet=True,
-                   rows=rows, meta=meta)
+        run_corpus(tmp_path / "in.parquet", shards[-1], stage="t", process=process,
+                   options=RunOptions(batch=4, quiet=True), rows=rows, shard=(i, 3), meta=meta)
     result = merge_shards(tmp_path / "m.parquet", shards)
     assert result == {"shards": 3, "rows": 40, "rejects": 10}
     expected = [{**r, "n": len(r["generation"])} for r in records if r["generation"]]

@@ -23,7 +23,8 @@ pytest.importorskip("datasets")
 pytest.importorskip("accelerate")
 torch = pytest.importorskip("torch")
 
-from asap_fast import sft
+from asap_fast.cli import main as asap_main
+from asap_fast.sft import train as sft
 from asap_fast.sft.data import (
     R1_CHAT_TEMPLATE,
     encode_messages,
@@ -396,11 +397,67 @@ def test_accelerate_configs_parse():
 def test_add_sft_registers_the_subcommand():
     import argparse
 
+    from asap_fast.cli import sft as sft_command
+
     parser = argparse.ArgumentParser(prog="asap")
-    sft.add_sft(parser.add_subparsers(dest="command"))
+    sft_command.add(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["sft", "--config", "c.yaml", "learning_rate=1e-5", "lora.r=8"])
-    assert args.func is sft.run_sft_command
+    assert args.func is sft_command.run
     assert args.config == "c.yaml" and args.overrides == ["learning_rate=1e-5", "lora.r=8"]
+
+
+@pytest.fixture(scope="module")
+def pad_past_vocab(workspace, tmp_path_factory):
+    """The workspace model with a tokenizer that gained <pad> (id = the model's vocabulary size)
+    and <extra> after it, the embedding never resized (a common state of fine-tuned checkpoints)."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    path = tmp_path_factory.mktemp("pad") / "model"
+    shutil.copytree(workspace["model"], path)
+    tok = AutoTokenizer.from_pretrained(path)
+    vocab = len(tok)
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.add_tokens(["<extra>"], special_tokens=True)
+    tok.save_pretrained(path)
+    assert tok.pad_token_id == vocab and tok.convert_tokens_to_ids("<extra>") == vocab + 1
+    return path, vocab
+
+
+def test_pad_token_past_the_vocabulary_pads_with_eos(workspace, pad_past_vocab, tmp_path, capsys):
+    # Batches of 4 rows of different lengths need padding: a pad id the embedding lacks used to
+    # crash ("Padding_idx must be within num_embeddings"); EOS pads instead, and the user is told.
+    model, vocab = pad_past_vocab
+    config = tmp_path / "c.yaml"
+    config.write_text("", encoding="utf-8")
+    out = tmp_path / "o"
+    rc = asap_main(["sft", "--config", str(config), *base(workspace, out, f"model_name_or_path={model}",
+                                                          f"dataset={workspace['long_data']}", "max_steps=1",
+                                                          "per_device_train_batch_size=4",
+                                                          "gradient_checkpointing=false")])
+    err = capsys.readouterr().err
+    assert rc == 0, err[-3000:]
+    assert (f"asap sft: the tokenizer's pad id {vocab} is outside the model's vocabulary of {vocab}; padding with "
+            f"EOS instead") in err
+    assert "Traceback" not in err
+    assert (out / "trainer_state.json").exists()
+
+
+def test_token_id_past_the_vocabulary_is_one_line(workspace, pad_past_vocab, tmp_path, capsys):
+    model, vocab = pad_past_vocab
+    rows = make_rows(2)
+    rows[1]["messages"][0]["content"] += " <extra>"
+    data = write_jsonl(tmp_path / "extra.jsonl", rows)
+    out = tmp_path / "o"
+    rc = asap_main(["sft", "--config", str(REPO / "configs" / "sft" / "r1-distill-qwen-7b.yaml"),
+                    *base(workspace, out, f"model_name_or_path={model}", f"dataset={data}", "max_steps=1")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("asap sft: error:")]
+    assert rc == 2
+    assert errors == [f"asap sft: error: training sample 2 has token id {vocab + 1}, but the model's vocabulary has "
+                      f"{vocab} entries: tokenizer and model do not match (resize the model's embeddings or use the "
+                      f"model's own tokenizer)"]
+    assert not (out / "trainer_state.json").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,12 +501,12 @@ def _bad_inputs(ws, tmp: Path) -> dict[str, tuple[list[str], str]]:
 def test_bad_inputs_fail_before_training_with_one_line(workspace, tmp_path, capsys):
     for case, (extra, message) in _bad_inputs(workspace, tmp_path).items():
         out = tmp_path / "out"
-        rc = sft.main(["--config", str(REPO / "configs" / "sft" / "r1-distill-qwen-7b.yaml"),
+        rc = asap_main(["sft", "--config", str(REPO / "configs" / "sft" / "r1-distill-qwen-7b.yaml"),
                        *base(workspace, out, "max_steps=1"), *extra])
         err = capsys.readouterr().err.strip().splitlines()
         errors = [line for line in err if line.startswith("asap sft: error:")]
         assert rc == 2, case
         assert len(errors) == 1 and message in errors[0], (case, err[-3:])
         assert not (out / "trainer_state.json").exists() and not (out / "model.safetensors").exists(), case
-    assert sft.main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert asap_main(["sft", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "config not found" in capsys.readouterr().err

@@ -1,7 +1,6 @@
 """Stage 1 end to end: `asap direct` and `asap coarse` through a real loopback chat-completions server
 (and the hf backend on a tiny model), validation, rejects, the reply cache and resume after kill -9."""
 
-import argparse
 import json
 import os
 import re
@@ -17,12 +16,11 @@ from llm_server import ChatServer, Scripted, prompt_think, user_content
 
 pytest.importorskip("openai")
 
-from asap_fast.pipeline.engine import RowError
+from asap_fast.cli import main
+from asap_fast.core.errors import RowError
 from asap_fast.core.matching import align_steps
 from asap_fast.stage1.stages import (
     CoarseStage,
-    add_coarse,
-    add_direct,
     explain_rejection,
     llm_cache_path,
     original_sections,
@@ -34,17 +32,8 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 def cli(argv: list[str]) -> int:
-    """`asap <argv>` with this module's subcommands, handling errors as asap_fast.cli.main does."""
-    parser = argparse.ArgumentParser(prog="asap")
-    subparsers = parser.add_subparsers(dest="command")
-    add_direct(subparsers)
-    add_coarse(subparsers)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"asap {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    """`asap <argv>` in-process: the real entry point (every error as one line and an exit code)."""
+    return main(argv)
 
 
 STEPS = (
@@ -323,7 +312,7 @@ def test_coarse_validates_reasks_and_rejects(tmp_path, server, capsys):
 
     err = capsys.readouterr().err
     assert "asap coarse: 9 rows (6 written, 3 rejected)" in err
-    assert "rejected 1: no valid compression in 3 attempts" in err
+    assert "rejected 1: no valid compression in N attempts" in err  # reasons are counted without their numbers
     assert "rows accepted by attempts needed: 5 after 1, 1 after 2; rows with no valid compression: 1" in err
     assert "1 retried (1 empty reply)" in err
 
@@ -487,18 +476,16 @@ def test_process_api_returns_row_errors(tiny_model_dir):
 
 
 def test_progress_line_has_rate_eta_and_counters(tmp_path):
-    from asap_fast.stage1.llm import OpenAIBackend
-    from asap_fast.stage1.stages import _Progress
+    # Stage 1 reports progress through the run engine's Progress: the rows a previous run
+    # committed count as done, rates and the ETA come from this run's rows. (The LLM's request and
+    # token counters are in the end summary, tested above, no longer in the progress line.)
+    import io
 
-    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_rows(src, coarse_rows(30)[:30])
-    (tmp_path / "out.jsonl.progress.json").write_text(json.dumps({"rows": 10, "out_bytes": 0, "rejects_bytes": 0}))
-    backend = OpenAIBackend("m", api_base="http://127.0.0.1:1/v1")
-    backend.stats.requests, backend.stats.cached, backend.stats.prompt_tokens = 7, 2, 1234
-    progress = _Progress("coarse", src, out, backend, quiet=False)
-    deadline = time.monotonic() + 5
-    while "total" not in progress.total and time.monotonic() < deadline:
-        time.sleep(0.01)
+    from asap_fast.pipeline.progress import Progress
+
+    stream = io.StringIO()
+    progress = Progress("coarse", quiet=False, done=10, total=30, stream=stream)
+    progress.start -= 10.0
+    progress.last_log = float("-inf")
     progress.update(5)
-    line = progress.line(progress.start + 10.0)
-    assert line == "asap coarse: 15/30 rows, 0.50 rows/s, ETA 30s, 7 requests, 0 retried, 2 cached, 1,234+0 tokens"
+    assert stream.getvalue().strip() == "asap coarse: 15/30 rows, 0.50 rows/s, ETA 30s"

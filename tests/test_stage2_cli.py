@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,10 +12,14 @@ from asap_fast.stage2.pruning import prune_steps_ref
 from asap_fast.stage2.surprisal import first_token_surprisal
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "sample-traces.jsonl"
+ASAP = str(Path(sys.executable).parent / "asap")
 
 
-def asap(*args, check=True):
-    result = subprocess.run(["asap", *map(str, args)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+def asap(*args, check=True, cwd=None):
+    # The installed console script, as the README runs it: the one beside this interpreter, so the
+    # test does not depend on PATH.
+    result = subprocess.run([ASAP, *map(str, args)], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            cwd=cwd)
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -23,7 +28,15 @@ def asap(*args, check=True):
 def test_fine_on_sample_corpus_matches_the_reference_rule(tmp_path, model_dir):
     out = tmp_path / "fine.jsonl"
     result = asap("fine", EXAMPLES, out, "--model", model_dir, "--budget", "300", "--batch", "4")
-    assert "asap fine: 20 rows (19 written, 1 rejected)" in result.stderr
+    # One trace is a single step of 401 tokens: budget 300 would remove every step, so that row is a
+    # reject with the reason (never an empty thinking in SFT data; a deliberate difference from the
+    # reference), beside the truncated trace.
+    assert "asap fine: 20 rows (18 written, 2 rejected)" in result.stderr
+    assert "rejected 1: the budget removes every step" in result.stderr
+    assert "trace tokens 74,811 -> " in result.stderr  # the summary says what pruning did
+    rejects = {r["id"]: r["error"] for r in map(json.loads, (tmp_path / "fine.rejects.jsonl").read_text().splitlines())}
+    assert rejects["m500-math500_deepseek_r1-math500_0016"] == \
+        "the budget removes every step: budget 300, 401 tokens in 1 steps"
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -39,7 +52,7 @@ def test_fine_on_sample_corpus_matches_the_reference_rule(tmp_path, model_dir):
         kept = prune_steps_ref(steps, row["step_surprisal"], tokenizer, max_tokens=300)
         assert row["kept_steps"] == kept
         assert row["pruned_think"] == "\n\n".join(steps[k] for k in kept)
-        assert row["tokens_after"] <= 300 or len(kept) == 0
+        assert row["tokens_after"] <= 300 and kept and row["pruned_think"]
         assert row["tokens_before"] == len(tokenizer.encode("\n\n".join(steps)))
         question = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
         assert row["messages"] == question + [

@@ -9,7 +9,6 @@ from asap_fast.cli.llm_options import (
     add_backend_options,
     add_decoding_options,
     add_validation_options,
-    make_backend,
     run_llm_stage,
     sampling,
     template_manifest,
@@ -62,7 +61,9 @@ def run(args) -> int:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
     template = load_template(args.template, "coarse") if args.template else None
     params = sampling(args)
-    backend = make_backend(args, args.output)
-    stage = CoarseStage(backend, params, template, args.reject_failed, threshold=args.threshold, metric=args.metric,
-                        max_attempts=args.max_attempts, snap=args.snap_to_original)
-    return run_llm_stage(args, stage, ("generation",), coarse_manifest(args, params, args.template), backend)
+
+    def make_stage(backend):
+        return CoarseStage(backend, params, template, args.reject_failed, threshold=args.threshold,
+                           metric=args.metric, max_attempts=args.max_attempts, snap=args.snap_to_original)
+
+    return run_llm_stage(args, "coarse", make_stage, ("generation",), coarse_manifest(args, params, args.template))

@@ -71,7 +71,7 @@ def add(subparsers) -> None:
 def run(args) -> int:
     from asap_fast.cli.llm_options import template_manifest
     from asap_fast.pipeline.compress import CompressStage
-    from asap_fast.pipeline.engine import run_corpus
+    from asap_fast.pipeline.engine import check_resumable, run_corpus
     from asap_fast.pipeline.records import check_input
     from asap_fast.pipeline.shards import shard_plan
     from asap_fast.stage1.llm import LLMError, SamplingParams
@@ -96,16 +96,19 @@ def run(args) -> int:
         common = dict(top_p=args.top_p, max_tokens=args.max_tokens, seed=args.seed)
         direct_params = SamplingParams(temperature=args.direct_temperature, **common)
         coarse_params = SamplingParams(temperature=args.coarse_temperature, **common)
-        backend = make_backend(args, args.output)
-        direct = DirectStage(backend, direct_params, direct_template, args.reject_failed, prompt=args.prompt)
-        coarse = CoarseStage(backend, coarse_params, coarse_template, args.reject_failed, threshold=args.threshold,
-                             metric=args.metric, max_attempts=args.max_attempts, snap=args.snap_to_original)
         manifest.update(backend_manifest(args), direct_sampling=asdict(direct_params),
                         coarse_sampling=asdict(coarse_params), prompt=args.prompt,
                         direct_template=template_manifest(args.direct_template),
                         coarse_template=template_manifest(args.coarse_template), threshold=args.threshold,
                         metric=args.metric, max_attempts=args.max_attempts, snap_to_original=args.snap_to_original)
     manifest.update(scorer=spec.manifest(), prune=config.manifest())
+    check_resumable(args.input, args.output, stage="compress", manifest_options=manifest, shard=args.shard,
+                    overwrite=args.overwrite)  # before the LLM and the scorer load
+    if not args.skip_coarse:
+        backend = make_backend(args, args.output)
+        direct = DirectStage(backend, direct_params, direct_template, args.reject_failed, prompt=args.prompt)
+        coarse = CoarseStage(backend, coarse_params, coarse_template, args.reject_failed, threshold=args.threshold,
+                             metric=args.metric, max_attempts=args.max_attempts, snap=args.snap_to_original)
     try:
         fine = FineStage(spec.load(quiet=args.quiet, stage="compress"), config)
         stage = CompressStage(fine, direct, coarse)

@@ -8,7 +8,6 @@ from asap_fast.cli.common import add_io, add_run_options, subparser
 from asap_fast.cli.llm_options import (
     add_backend_options,
     add_decoding_options,
-    make_backend,
     run_llm_stage,
     sampling,
     template_manifest,
@@ -56,8 +55,7 @@ def run(args) -> int:
     check_input(args.input)
     template = load_template(args.template, "direct") if args.template else None
     params = sampling(args)
-    backend = make_backend(args, args.output)
-    stage = DirectStage(backend, params, template, args.reject_failed, prompt=args.prompt)
-    manifest = {"sampling": asdict(params),
-                "prompt": args.prompt, "template": template_manifest(args.template)}
-    return run_llm_stage(args, stage, ("prompt", "generation"), manifest, backend)
+    manifest = {"sampling": asdict(params), "prompt": args.prompt, "template": template_manifest(args.template)}
+    return run_llm_stage(args, "direct",
+                         lambda backend: DirectStage(backend, params, template, args.reject_failed, prompt=args.prompt),
+                         ("prompt", "generation"), manifest)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import sys
 
+from asap_fast.cli.common import subparser
+
 
 def add(subparsers) -> None:
     from asap_fast.evaluation.benchmarks import BENCHMARKS
 
     names = ", ".join(f"{b.name} ({'/'.join(b.aliases)})" for b in BENCHMARKS.values())
-    p = subparsers.add_parser(
-        "eval",
+    p = subparser(
+        subparsers, "eval",
+        example="asap eval --benchmark humaneval_plus --data HumanEvalPlus.jsonl.gz --model runs/asap-qwen7b "
+                "--out results/humaneval_plus.json",
         help="generate on a code benchmark, run the code in a sandbox, report Pass@1, tokens and latency",
         description=(
             "Evaluate a model the way the paper does: greedy generation with the benchmark's prompt "

@@ -51,7 +51,7 @@ def add(subparsers) -> None:
 
 
 def run(args) -> int:
-    from asap_fast.pipeline.engine import run_corpus
+    from asap_fast.pipeline.engine import check_resumable, run_corpus
     from asap_fast.pipeline.records import check_input
     from asap_fast.pipeline.shards import shard_plan
     from asap_fast.stage2.fine import make_fine_stage
@@ -60,6 +60,8 @@ def run(args) -> int:
     config, spec = prune_config(args), scorer_spec(args)
     rows, meta = shard_plan(args.input, args.shard)
     manifest = {"scorer": spec.manifest(), "prune": config.manifest()}
+    check_resumable(args.input, args.output, stage="fine", manifest_options=manifest, shard=args.shard,
+                    overwrite=args.overwrite)  # before the model loads
     make = functools.partial(make_fine_stage, spec, config, args.quiet)
     batch = args.batch
     if args.ray:

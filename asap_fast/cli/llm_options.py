@@ -112,19 +112,24 @@ def sampling(args, temperature: float | None = None):
                           max_tokens=args.max_tokens, seed=args.seed)
 
 
-def run_llm_stage(args, stage, required: tuple[str, ...], manifest: dict, backend) -> int:
-    """Run a stage-1 stage over the corpus; an LLM that cannot serve ends the run with one line
-    (rows finished before it are kept, and their replies are in the cache)."""
+def run_llm_stage(args, name: str, make_stage, required: tuple[str, ...], manifest: dict) -> int:
+    """Run a stage-1 stage (``make_stage(backend)``) over the corpus. A mismatched resume is refused
+    before the backend starts; an LLM that cannot serve ends the run with one line (rows finished
+    before it are kept, and their replies are in the cache)."""
     import sys
 
     from asap_fast.cli.common import print_summary, run_options
-    from asap_fast.pipeline.engine import run_corpus
+    from asap_fast.pipeline.engine import check_resumable, run_corpus
     from asap_fast.stage1.llm import LLMError
 
+    manifest = {**backend_manifest(args), **manifest}
+    check_resumable(args.input, args.output, stage=name, manifest_options=manifest, overwrite=args.overwrite)
+    backend = make_backend(args, args.output)
+    stage = make_stage(backend)
     try:
         summary = run_corpus(args.input, args.output, stage=stage.name, process=stage.process,
                              options=run_options(args, default_batch(args, backend)),
-                             manifest_options={**backend_manifest(args), **manifest}, required=required)
+                             manifest_options=manifest, required=required)
     except LLMError as e:
         print(f"asap {stage.name}: error: {e}", file=sys.stderr)
         if not args.quiet:

@@ -47,7 +47,7 @@ from asap_fast.pipeline.records import (
     unwritable_text,
 )
 
-__all__ = ["Interrupted", "OutputError", "RunOptions", "Summary", "run_corpus", "remove_run"]
+__all__ = ["Interrupted", "OutputError", "RunOptions", "Summary", "check_resumable", "remove_run", "run_corpus"]
 
 
 class Interrupted(Exception):
@@ -130,14 +130,24 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _open_truncated(path: Path, size: int):
-    f = path.open("a+b")
-    f.truncate(size)  # drops a tail a stopped run wrote after its last commit
-    f.seek(size)
+    """OUT-side files are unbuffered, so a failed write leaves nothing in a buffer that a later
+    seek or close would try (and fail) to flush, and a rollback is one ftruncate."""
+    f = open(path, "a+b", buffering=0)  # noqa: SIM115 - kept open for the whole run
+    os.ftruncate(f.fileno(), size)  # drops a tail a stopped run wrote after its last commit
     return f
 
 
+def _append(f, data: bytes) -> None:
+    """Append all of ``data`` (a raw write may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[f.write(view):]
+
+
 class _JsonlSink:
-    """OUT as one JSON Lines file (gzip: one member per commit); its state is the committed size."""
+    """OUT as one JSON Lines file (gzip: one member per commit). Its state is the committed size;
+    ``write`` appends and fsyncs a batch, ``confirm`` makes it committed once the progress file
+    says so, ``rollback`` cuts an unconfirmed batch off."""
 
     def __init__(self, path: Path, committed: int):
         self.path, self.gzip = path, path.name.endswith(".gz")
@@ -147,18 +157,18 @@ class _JsonlSink:
     def exists(self) -> bool:
         return self.path.exists() and self.path.stat().st_size > 0
 
-    def commit(self, lines: list[bytes]) -> int:
+    def write(self, lines: list[bytes]) -> int:
         if lines:
             data = b"".join(lines)
-            self.file.write(gzip.compress(data, mtime=0) if self.gzip else data)
-        self.file.flush()
+            _append(self.file, gzip.compress(data, mtime=0) if self.gzip else data)
         os.fsync(self.file.fileno())
-        self.committed = self.file.tell()
-        return self.committed
+        return os.fstat(self.file.fileno()).st_size
+
+    def confirm(self, state: int) -> None:
+        self.committed = state
 
     def rollback(self) -> None:
-        self.file.seek(self.committed)
-        self.file.truncate(self.committed)
+        os.ftruncate(self.file.fileno(), self.committed)
 
     def finish(self) -> None:
         self.file.close()
@@ -187,19 +197,22 @@ class _PartsSink:
             return self.path.exists()
         return self.path.is_dir() and any(p.name != "rejects.jsonl" for p in self.path.iterdir())
 
-    def commit(self, lines: list[bytes]) -> int:
-        if lines:
-            pa, pq = _pyarrow()
-            table = pa.Table.from_pylist([json.loads(line) for line in lines])
-            part = self.dir / f"part-{self.parts:06d}.parquet"
-            tmp = part.with_name(part.name + ".tmp")
-            pq.write_table(table, tmp)
-            with tmp.open("rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, part)
-            _fsync_dir(self.dir)
-            self.parts += 1
-        return self.parts
+    def write(self, lines: list[bytes]) -> int:
+        if not lines:
+            return self.parts
+        pa, pq = _pyarrow()
+        table = pa.Table.from_pylist([json.loads(line) for line in lines])
+        part = self.dir / f"part-{self.parts:06d}.parquet"
+        tmp = part.with_name(part.name + ".tmp")
+        pq.write_table(table, tmp)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, part)
+        _fsync_dir(self.dir)
+        return self.parts + 1
+
+    def confirm(self, state: int) -> None:
+        self.parts = state
 
     def state(self) -> int:
         return self.parts
@@ -344,51 +357,58 @@ class CorpusWriter:
         self._pending_rows += 1
 
     def commit(self) -> None:
+        """Append the buffered rows to OUT and the rejects (fsynced), then replace the progress file:
+        that replace is the commit point. An error or interrupt before it cuts both files back to
+        the last commit and keeps the rows buffered; one after it keeps the commit."""
         if not self._pending_rows:
             return
-        durable = False
+        self._progress_replaced = False
         try:
-            out_state = self._sink.commit(self._out_lines)
+            out_state = self._sink.write(self._out_lines)
             if self._reject_lines:
-                self._rejects.write(b"".join(self._reject_lines))
-            self._rejects.flush()
+                _append(self._rejects, b"".join(self._reject_lines))
             os.fsync(self._rejects.fileno())
-            self._write_progress(out_state, self._rejects.tell(), rows=self.rows + self._pending_rows)
-            durable = True
-        except BaseException as e:  # a full disk, or Ctrl-C mid-write: back to the last commit
-            if not durable:
-                self._rollback()
-            if isinstance(e, OSError) and not durable:
-                raise OutputError(Path(e.filename) if e.filename else self.out_path, e) from None
-            if not durable:
+            rejects_state = os.fstat(self._rejects.fileno()).st_size
+            self._write_progress(out_state, rejects_state, rows=self.rows + self._pending_rows)
+        except BaseException as e:  # a full disk, or Ctrl-C / SIGTERM mid-commit
+            if self._progress_replaced:  # only the directory fsync was left: the commit stands
+                self._committed(out_state, rejects_state)
                 raise
-        self._rejects_committed = self._rejects.tell()
+            self._rollback()
+            if isinstance(e, OSError):
+                raise OutputError(Path(e.filename) if e.filename else self.out_path, e) from None
+            raise
+        self._committed(out_state, rejects_state)
+
+    def _committed(self, out_state: int, rejects_state: int) -> None:
+        self._sink.confirm(out_state)
+        self._rejects_committed = rejects_state
         self._out_lines.clear()
         self._reject_lines.clear()
         self.rows += self._pending_rows
         self._pending_rows = 0
 
     def _rollback(self) -> None:
-        """Cut OUT and the rejects back to the last commit (best effort: the disk may be full)."""
-        try:
-            self._sink.rollback()
-            self._rejects.seek(self._rejects_committed)
-            self._rejects.truncate(self._rejects_committed)
-        except OSError:
-            pass  # the next run truncates to the progress file's sizes anyway
+        """Cut OUT and the rejects back to the last commit (best effort: the next run truncates to
+        the progress file's sizes anyway)."""
+        for undo in (self._sink.rollback, lambda: os.ftruncate(self._rejects.fileno(), self._rejects_committed)):
+            try:
+                undo()
+            except OSError:
+                pass
 
     def _write_progress(self, out_state: int, rejects_bytes: int, *, rows: int | None = None, **extra) -> None:
         self._write_json(self.progress_path, {"rows": self.rows if rows is None else rows, "out": out_state,
                                               "rejects_bytes": rejects_bytes, **self.meta, **extra})
 
-    @staticmethod
-    def _write_json(path: Path, data: dict) -> None:
+    def _write_json(self, path: Path, data: dict) -> None:
         tmp = path.with_name(path.name + ".tmp")
         with tmp.open("w", encoding="utf-8") as f:
             json.dump(data, f, indent=None)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        self._progress_replaced = path == self.progress_path
         _fsync_dir(path.parent)
 
     def close(self, *, finished: bool) -> None:
@@ -397,7 +417,7 @@ class CorpusWriter:
         try:
             self.commit()
         finally:
-            rejects_bytes = self._rejects.tell()
+            rejects_bytes = self._rejects_committed
             self._rejects.close()
             if not finished and isinstance(self._sink, _JsonlSink):
                 self._sink.file.close()
@@ -430,6 +450,16 @@ class _Sigterm:
     def __exit__(self, *exc):
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
+
+
+def check_resumable(input, output, *, stage: str, manifest_options: dict, shard=None, overwrite: bool = False) -> None:
+    """Raise ManifestMismatch now, before a model or an LLM backend loads, when OUT was begun by a
+    run with another input or other options (run_corpus checks again; this only answers sooner)."""
+    if overwrite or not sidecar(output, "progress.json").exists():
+        return
+    recorded = read_manifest(sidecar(output, "manifest.json"))
+    if recorded is not None:
+        check_same(recorded, build_manifest(stage, check_input(input), manifest_options, shard), Path(output))
 
 
 def run_corpus(
