@@ -69,7 +69,7 @@ class Target:
     is left whole) or a kept fraction ``ratio`` in (0, 1]; exactly one."""
 
     budget: int | None = None
-    ratio: float | None = 0.5
+    ratio: float | None = None
 
     def __post_init__(self):
         if (self.budget is None) == (self.ratio is None):
