@@ -81,13 +81,16 @@ def test_humaneval_exact_pass_at_1():
     assert pass_at_1(bench, problems, mixed)[0] == pytest.approx(2 / 3)
 
 
-def test_humaneval_code_is_used_as_is():
-    """The prompt asks for the whole function, so the code is not prefixed with the prompt: code
-    that drops the prompt's imports fails, as in the reference."""
+def test_humaneval_program_is_prompt_then_code():
+    """The reference executes prompt + "\n" + code: code that relies on the prompt's imports runs
+    (and here fails on its merits), code that breaks at definition is an error."""
     bench = get_benchmark("humaneval")
     problems = bench.load(FIXTURES / "humaneval.jsonl")
     code = "def running_max(numbers: List[int]) -> List[int]:\n    return numbers"
     [result] = score_samples(bench, problems, [Sample("Fixture/1", answer(code))], workers=1)
+    assert result.reason == "failed" and "AssertionError" in result.detail
+    broken = "def running_max(numbers: Lisst[int]) -> List[int]:\n    return numbers"
+    [result] = score_samples(bench, problems, [Sample("Fixture/1", answer(broken))], workers=1)
     assert result.reason == "error" and "NameError" in result.detail
 
 

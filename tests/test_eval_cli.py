@@ -3,7 +3,6 @@ the results JSON, and results that do not depend on the number of workers."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -16,18 +15,15 @@ from asap_fast.evaluation import (
     run_eval,
     score_samples,
 )
-from asap_fast.cli.eval import add_eval
+from asap_fast.cli import main as asap_main
 from asap_fast.testing import tiny_causal_lm, tiny_tokenizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 
 
 def asap(argv: list[str]) -> int:
-    """``asap eval ...`` through the subcommand's own registration (as asap_fast.cli wires it)."""
-    parser = argparse.ArgumentParser(prog="asap")
-    add_eval(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return args.func(args)
+    """``asap eval ...`` in-process, through the real entry point (errors become one line and a status)."""
+    return asap_main(argv)
 
 
 def answer(code: str) -> str:

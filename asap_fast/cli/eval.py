@@ -67,11 +67,14 @@ def add(subparsers) -> None:
     ex = p.add_argument_group("execution")
     ex.add_argument("--timeout", type=float, default=3.0,
                     help="seconds per check program / call / stdin run (default: 3, the paper's)")
-    ex.add_argument("--sample-timeout", type=float, default=120.0,
-                    help="cap on one sample's whole run, seconds (default: 120)")
+    ex.add_argument("--sample-timeout", type=float, default=None,
+                    help="cap on one sample's whole run, seconds (default: each benchmark's rule: "
+                         "livecodebench (timeout + 1) * tests + 5 as LCB's runner, humaneval_plus "
+                         "timeout * (inputs + 1) + 1 up to 120)")
     ex.add_argument("--workers", type=int, default=0, help="samples executed in parallel; 0 = all cores (default: 0)")
     ex.add_argument("--memory-gb", type=float, default=4.0,
-                    help="address-space limit per sandboxed process, GiB (default: 4)")
+                    help="memory cap per sample, GiB: all its processes together where a cgroup can be made, "
+                         "else per process (address space) (default: 4)")
     p.add_argument("--quiet", action="store_true", help="print only errors")
     p.set_defaults(func=run)
 

@@ -43,6 +43,7 @@ from asap_fast.evaluation.sandbox import (
     isolation_report,
     run_job,
     run_jobs,
+    run_pair,
     run_program,
 )
 from asap_fast.evaluation.score import (
@@ -82,6 +83,7 @@ __all__ = [
     "run_eval",
     "run_job",
     "run_jobs",
+    "run_pair",
     "run_program",
     "score_samples",
     "summarize",

@@ -4,30 +4,37 @@ a completion the way each benchmark's reference harness does.
 ==================  =======================================================================
 benchmark           file and how a completion is tested
 ==================  =======================================================================
-humaneval           HumanEval.jsonl(.gz): task_id, prompt, test, entry_point. Program: the
-                    extracted code as is (the prompt asks for the whole completed function)
-                    + test + ``check(entry_point)``; passed when it runs to its end.
+humaneval           HumanEval.jsonl(.gz): task_id, prompt, test, entry_point. The candidate's
+                    program is prompt + "\n" + the extracted code; the test and
+                    ``check(entry_point)`` run in a second sandbox that calls the candidate
+                    with plain arguments and results (an assertion-style check).
 humaneval_plus      HumanEvalPlus.jsonl(.gz) (EvalPlus): task_id, prompt, entry_point,
-                    canonical_solution, base_input, plus_input, atol. The entry point is called
-                    on every base and plus input; each output must equal the canonical
-                    solution's (computed once per task, in the sandbox) under EvalPlus's rule
-                    (exact, or np.allclose with atol; 1e-6 for float outputs when atol is 0;
-                    find_zero checked by the polynomial's value).
-leetcodedataset     LeetCodeDataset-*.jsonl(.gz): task_id, prompt (the imports prelude),
-                    query (model prompt; top level or under meta), test, entry_point. Program:
-                    prompt + code + test + ``check(entry_point)`` (the reference's order).
+                    canonical_solution, base_input, plus_input, atol. The sandbox calls the
+                    entry point on every base and plus input and reports the outputs; the
+                    parent compares each with the canonical solution's (computed once per task,
+                    in the sandbox) under EvalPlus's rule (exact, or np.allclose with atol;
+                    1e-6 for float outputs when atol is 0; find_zero checked by the
+                    polynomial's value).
+leetcodedataset     LeetCodeDataset-*.jsonl(.gz): task_id, prompt (the imports prelude and
+                    helpers), query (model prompt; top level or under meta), test,
+                    entry_point. Candidate: prompt + "\n" + code; the test's ``check`` runs in
+                    a second sandbox as for humaneval (ListNode / TreeNode travel as objects
+                    of the prompt's classes).
 livecodebench       code_generation_lite: a directory with test.jsonl, test2.jsonl, ... or one
                     .jsonl. public_test_cases / private_test_cases (JSON, or the release's
                     base64 + zlib + pickle encoding), metadata.func_name. Functional tests call
-                    the method (of ``Solution()`` when the code defines it) with JSON arguments
-                    and compare with ``==`` (tuples as lists); stdin tests run the program once
-                    per test and compare stripped lines (or their Decimal tokens); both stop at
-                    the first failing test and get LCB's import prelude, as the reference does.
+                    the method (of ``Solution()`` when the code defines it) with JSON arguments;
+                    the parent compares with ``==`` (tuples as lists); stdin tests run the
+                    program once per test and the parent compares stripped lines (or their
+                    Decimal tokens); both stop at the first failing test and get LCB's import
+                    prelude, as the reference does.
 ==================  =======================================================================
 
 Time limits: ``timeout`` (3 s in the paper) bounds each check program (humaneval,
 leetcodedataset), each call (humaneval_plus, livecodebench functional) or each run on one input
-(livecodebench stdin); a sample's whole run is capped at ``sample_timeout``.
+(livecodebench stdin). A sample's whole run: humaneval_plus ``timeout * (n + 1) + 1`` s capped at
+120 s; livecodebench LCB's own ``(timeout + 1) * n_tests + 5`` s; ``sample_timeout``, when given,
+caps both.
 """
 
 from __future__ import annotations
@@ -42,7 +49,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asap_fast.evaluation._sandbox_main import LCB_PRELUDE
-from asap_fast.evaluation.sandbox import SandboxJob
+from asap_fast.evaluation.sandbox import SandboxJob, SandboxLimits, run_jobs
+from asap_fast.evaluation.verdict import (
+    CollectOutputs,
+    OutputJudge,
+    Trial,
+    compare_evalplus,
+    compare_lcb_call,
+    compare_lcb_stdio,
+)
 
 __all__ = [
     "BENCHMARKS",
@@ -148,26 +163,39 @@ class Benchmark:
     def load(self, path: str | Path, **options) -> list[Problem]:
         raise NotImplementedError
 
-    def prepare(self, problems: list[Problem], *, run_jobs, timeout: float) -> dict:
-        """Per-task data computed once before scoring (HumanEval+ ground truth); {} by default."""
+    def prepare(self, problems: list[Problem], *, timeout: float, limits: SandboxLimits | None = None,
+                workers: int | None = None) -> dict:
+        """Per-task data computed once before scoring (HumanEval+ expected outputs); {} by default."""
         return {}
 
-    def job(self, problem: Problem, code: str, *, timeout: float, sample_timeout: float,
-            prepared: dict) -> SandboxJob | str:
-        """The sandbox job that tests ``code``, or a one-line reason why it cannot be tested."""
+    def job(self, problem: Problem, code: str, *, timeout: float, sample_timeout: float | None,
+            prepared: dict) -> Trial | str:
+        """How ``code`` is tested (a Trial), or a one-line reason why it cannot be tested."""
         raise NotImplementedError
 
 
-def _script_job(program: str, timeout: float) -> SandboxJob:
-    return SandboxJob(
-        config={"mode": "script", "program": "program.py", "run_name": "__candidate__"},
-        files={"program.py": program},
-        wall_s=timeout,
-    )
+def assertion_trial(program: str, entry: str, prompt: str, test: str, timeout: float) -> Trial:
+    """The candidate (``program``, serving calls to ``entry``) and the benchmark's ``test`` with
+    ``check`` (run after ``prompt``, for its helpers) in two sandboxes; ``timeout`` bounds the
+    whole check, as the reference's does."""
+    candidate = SandboxJob(config={"mode": "serve", "program": program, "entry": entry,
+                                   "run_name": "__candidate__"}, wall_s=timeout)
+    tester = SandboxJob(config={"mode": "check", "prompt": prompt, "test": test}, wall_s=timeout)
+    return Trial(candidate, tester=tester)
 
 
-def _calls_wall(timeout: float, n_calls: int, sample_timeout: float) -> float:
-    return min(sample_timeout, timeout * (n_calls + 1) + 1.0)
+HUMANEVAL_PLUS_SAMPLE_CAP_S = 120.0
+
+
+def _calls_wall(timeout: float, n_calls: int, sample_timeout: float | None) -> float:
+    wall = min(HUMANEVAL_PLUS_SAMPLE_CAP_S, timeout * (n_calls + 1) + 1.0)
+    return wall if sample_timeout is None else min(sample_timeout, wall)
+
+
+def lcb_sample_wall(timeout: float, n_tests: int, sample_timeout: float | None = None) -> float:
+    """LiveCodeBench's runner: each test gets ``timeout``, the whole sample (timeout + 1) * n + 5."""
+    wall = (timeout + 1.0) * n_tests + 5.0
+    return wall if sample_timeout is None else min(sample_timeout, wall)
 
 
 class HumanEval(Benchmark):
@@ -185,8 +213,7 @@ class HumanEval(Benchmark):
 
     def job(self, problem, code, *, timeout, sample_timeout, prepared):
         row = problem.record
-        program = f"{code}\n\n{row['test']}\n\ncheck({row['entry_point']})\n"
-        return _script_job(program, timeout)
+        return assertion_trial(row["prompt"] + "\n" + code, row["entry_point"], row["prompt"], row["test"], timeout)
 
 
 class HumanEvalPlus(Benchmark):
@@ -207,47 +234,45 @@ class HumanEvalPlus(Benchmark):
     def _inputs(row) -> list:
         return list(row["base_input"]) + list(row["plus_input"])
 
-    def prepare(self, problems, *, run_jobs, timeout):
-        """Expected outputs: the canonical solution (prompt + canonical_solution) run on every input,
-        in the sandbox, with generous limits; kept as the pickle the harness wrote (never unpickled
-        here)."""
-        jobs = []
+    def prepare(self, problems, *, timeout, limits=None, workers=None):
+        """Expected outputs: the canonical solution (prompt + canonical_solution) run on every
+        input, in the sandbox, with generous limits; decoded here from the plain format."""
+        trials = []
         for p in problems:
             row = p.record
             inputs = self._inputs(row)
             call_timeout = max(10.0, 4 * timeout)
-            jobs.append(SandboxJob(
-                config={"mode": "record", "program": "program.py", "entry": row["entry_point"],
-                        "inputs": "inputs.json", "record_to": "expected.pkl",
-                        "call_timeout_s": call_timeout},
-                files={"program.py": row["prompt"] + row["canonical_solution"],
-                       "inputs.json": json.dumps(inputs)},
+            job = SandboxJob(
+                config={"mode": "calls", "program": row["prompt"] + row["canonical_solution"],
+                        "entry": row["entry_point"], "inputs": inputs, "call_timeout_s": call_timeout},
                 wall_s=min(600.0, call_timeout * (len(inputs) + 1)),
-                collect=("expected.pkl",),
-            ))
+            )
+            trials.append(Trial(job, judge=CollectOutputs(len(inputs), call_timeout)))
+        outcomes = run_jobs(trials, lambda t: t.run(limits), workers=workers)
         prepared = {}
-        for p, res in zip(problems, run_jobs(jobs), strict=True):
-            status = (res.result or {}).get("status")
-            if status == "passed" and "expected.pkl" in res.files and not res.timed_out:
-                prepared[p.task_id] = res.files["expected.pkl"]
+        for p, trial, outcome in zip(problems, trials, outcomes, strict=True):
+            if not isinstance(outcome, Exception) and outcome.reason == "passed":
+                prepared[p.task_id] = trial.judge.outputs
             else:
-                detail = (res.result or {}).get("detail") or ("timed out" if res.timed_out else "no result")
+                detail = outcome if isinstance(outcome, Exception) else f"{outcome.reason}: {outcome.detail}"
                 prepared[p.task_id] = f"the canonical solution failed on its own inputs: {detail}"
         return prepared
 
     def job(self, problem, code, *, timeout, sample_timeout, prepared):
         expected = prepared.get(problem.task_id)
-        if not isinstance(expected, bytes):
+        if not isinstance(expected, list):
             return expected or "no expected outputs (prepare() was not run)"
         row = problem.record
         inputs = self._inputs(row)
-        return SandboxJob(
-            config={"mode": "calls", "program": "program.py", "entry": row["entry_point"],
-                    "inputs": "inputs.json", "expected": "expected.pkl", "expected_format": "pickle",
-                    "compare": "evalplus", "atol": float(row.get("atol") or 0), "call_timeout_s": timeout},
-            files={"program.py": code, "inputs.json": json.dumps(inputs), "expected.pkl": expected},
+        atol = float(row.get("atol") or 0)
+        entry = row["entry_point"]
+        job = SandboxJob(
+            config={"mode": "calls", "program": row["prompt"] + "\n" + code, "entry": entry, "inputs": inputs,
+                    "call_timeout_s": timeout},
             wall_s=_calls_wall(timeout, len(inputs), sample_timeout),
         )
+        judge = OutputJudge(expected, lambda out, exp, i: compare_evalplus(out, exp, atol, entry, inputs[i]), timeout)
+        return Trial(job, judge=judge)
 
 
 class LeetCodeDataset(Benchmark):
@@ -270,8 +295,7 @@ class LeetCodeDataset(Benchmark):
 
     def job(self, problem, code, *, timeout, sample_timeout, prepared):
         row = problem.record
-        program = row["prompt"] + code + "\n" + row["test"] + "\n" + f"check({row['entry_point']})"
-        return _script_job(program, timeout)
+        return assertion_trial(row["prompt"] + "\n" + code, row["entry_point"], row["prompt"], row["test"], timeout)
 
 
 class _NoGlobalsUnpickler(pickle.Unpickler):
@@ -375,22 +399,25 @@ class LiveCodeBench(Benchmark):
         inputs = [t["input"] for t in tests]
         outputs = [t["output"] for t in tests]
         program = LCB_PRELUDE + "\n" + code
-        wall = _calls_wall(timeout, len(tests), sample_timeout)
+        wall = lcb_sample_wall(timeout, len(tests), sample_timeout)
         if row["_fn_name"]:
-            return SandboxJob(
-                config={"mode": "calls", "program": "program.py", "entry": row["_fn_name"],
+            try:
+                expected = [json.loads(o) for o in outputs]
+            except ValueError as e:
+                return f"the problem's expected outputs are not JSON: {e}"
+            job = SandboxJob(
+                config={"mode": "calls", "program": program, "entry": row["_fn_name"],
                         "solution_class": "class Solution" in code, "run_name": "tmp_sol",
-                        "inputs": "inputs.json", "input_format": "lcb", "expected": "expected.json",
-                        "compare": "lcb", "call_timeout_s": timeout},
-                files={"program.py": program, "inputs.json": json.dumps(inputs),
-                       "expected.json": json.dumps(outputs)},
+                        "inputs": inputs, "input_format": "lcb", "call_timeout_s": timeout},
                 wall_s=wall,
             )
-        return SandboxJob(
-            config={"mode": "stdio", "program": "program.py", "tests": "tests.json", "call_timeout_s": timeout},
-            files={"program.py": program, "tests.json": json.dumps({"inputs": inputs, "outputs": outputs})},
+            return Trial(job, judge=OutputJudge(expected, lambda out, exp, i: compare_lcb_call(out, exp), timeout))
+        job = SandboxJob(
+            config={"mode": "stdio", "program": program, "inputs": inputs, "call_timeout_s": timeout},
             wall_s=wall,
         )
+        return Trial(job, judge=OutputJudge(outputs, lambda out, exp, i: compare_lcb_stdio(out, exp), timeout,
+                                            text=True))
 
 
 def _no_options(name: str, options: dict) -> None:

@@ -29,7 +29,7 @@ class EvalConfig:
     generations: str | None = None
     max_new_tokens: int | None = None
     timeout: float = 3.0
-    sample_timeout: float = 120.0
+    sample_timeout: float | None = None  # None: each benchmark's own rule (LiveCodeBench: LCB's)
     workers: int | None = None
     memory_gb: float = 4.0
     release: str | None = None
@@ -54,7 +54,7 @@ class EvalConfig:
         if (self.model is None) == (self.generations is None):
             raise ValueError("give exactly one of --model (generate, then score) or --generations (score only)")
         for name in ("timeout", "sample_timeout", "memory_gb"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
@@ -166,8 +166,13 @@ def run_eval(cfg: EvalConfig, *, log=None) -> dict:
             log(f"executed {done}/{total}")
 
     start = time.perf_counter()
+    # Each sample's result lands here as it is decided, so a crash later loses none of them.
+    journal = Path(cfg.out).with_name(Path(cfg.out).name + ".samples.jsonl")
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_text("", encoding="utf-8")
     results = score_samples(bench, problems, samples, timeout=cfg.timeout, sample_timeout=cfg.sample_timeout,
-                            workers=cfg.workers, limits=limits, extract=cfg.extract, progress=progress)
+                            workers=cfg.workers, limits=limits, extract=cfg.extract, progress=progress,
+                            journal=journal)
     scoring_wall = time.perf_counter() - start
     summary = summarize(results, n_problems=len(problems), generation_wall_s=generation_wall)
     scored = {r.task_id for r in results}
@@ -190,4 +195,5 @@ def run_eval(cfg: EvalConfig, *, log=None) -> dict:
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(payload, indent=1, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, out)
+    journal.unlink(missing_ok=True)  # everything in it is in OUT now
     return payload

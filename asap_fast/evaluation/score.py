@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import signal as _signal
+import json
+import os
+import threading
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 
 from asap_fast.evaluation.benchmarks import Benchmark, Problem, get_benchmark
 from asap_fast.evaluation.extract import extract_code
 from asap_fast.evaluation.metrics import mean_or_none, pass_at_k_table, percentile
-from asap_fast.evaluation.sandbox import SandboxLimits, SandboxResult, run_jobs
+from asap_fast.evaluation.sandbox import SandboxLimits, run_jobs
 
 __all__ = ["REASONS", "Sample", "SampleResult", "score_samples", "summarize"]
 
@@ -42,33 +44,10 @@ class SampleResult:
     latency_s: float | None = None
     finish_reason: str | None = None
     exec_wall_s: float | None = None
+    sandbox: str | None = None  # the isolation layer that ran it (bwrap / namespaces / none)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _verdict(res: SandboxResult) -> tuple[str, str]:
-    harness = res.result or {}
-    status = harness.get("status")
-    if status == "passed" and res.exit_code == 0 and not res.timed_out:
-        return "passed", ""
-    if res.timed_out:
-        return "timeout", f"killed after the {res.wall_s:.1f} s run limit"
-    if status in ("failed", "timeout", "error"):
-        return status, harness.get("detail", "")
-    if res.signal is not None:
-        if res.signal == _signal.SIGXCPU:
-            return "timeout", "CPU time limit exceeded"
-        name = _signal.Signals(res.signal).name if res.signal in _signal.Signals._value2member_map_ else str(res.signal)
-        return "error", f"killed by {name}{_stderr_tail(res)}"
-    if res.exit_code == 0:
-        return "error", "exited (status 0) before the tests finished"
-    return "error", f"exit status {res.exit_code}{_stderr_tail(res)}"
-
-
-def _stderr_tail(res: SandboxResult) -> str:
-    text = res.stderr.decode("utf-8", "replace").strip()
-    return f": {text.splitlines()[-1][:300]}" if text else ""
 
 
 def score_samples(
@@ -77,20 +56,23 @@ def score_samples(
     samples: list[Sample],
     *,
     timeout: float = 3.0,
-    sample_timeout: float = 120.0,
+    sample_timeout: float | None = None,
     workers: int | None = None,
     limits: SandboxLimits | None = None,
     extract: bool = True,
     progress=None,
+    journal: str | os.PathLike | None = None,
 ) -> list[SampleResult]:
     """Test every sample; results in the order of ``samples`` (also with many workers).
 
-    timeout: per check program / call / stdin run (see benchmarks); sample_timeout: cap on one
-    sample's whole run. extract=False: completions are code already. ``progress(done, total)``
-    is called as samples finish.
+    timeout: per check program / call / stdin run (see benchmarks); sample_timeout: a cap on one
+    sample's whole run (default: each benchmark's own rule). extract=False: completions are code
+    already. ``progress(done, total)`` is called as samples finish. ``journal``: a JSONL file
+    that gets each sample's result the moment it is decided (appended, flushed), so that nothing
+    decided is lost whatever happens to the run afterwards.
     """
     bench = get_benchmark(benchmark) if isinstance(benchmark, str) else benchmark
-    if timeout <= 0 or sample_timeout <= 0:
+    if timeout <= 0 or (sample_timeout is not None and sample_timeout <= 0):
         raise ValueError(f"timeout and sample_timeout must be > 0, got {timeout}, {sample_timeout}")
     by_id = {p.task_id: p for p in problems}
     unknown = sorted({s.task_id for s in samples} - set(by_id))
@@ -99,37 +81,62 @@ def score_samples(
         raise ValueError(f"{len(unknown)} sample task_id(s) not in the benchmark data: {shown}"
                          f"{' ...' if len(unknown) > 5 else ''}")
 
-    def jobs_runner(jobs):
-        return run_jobs(jobs, limits, workers=workers)
-
     needed = [by_id[t] for t in dict.fromkeys(s.task_id for s in samples)]
-    prepared = bench.prepare(needed, run_jobs=jobs_runner, timeout=timeout)
+    prepared = bench.prepare(needed, timeout=timeout, limits=limits, workers=workers)
+
+    lock = threading.Lock()
+    journal_file = open(journal, "a", encoding="utf-8") if journal is not None else None
+
+    def record(result: SampleResult) -> None:
+        if journal_file is not None:
+            with lock:
+                journal_file.write(json.dumps(result.to_dict(), ensure_ascii=False) + "\n")
+                journal_file.flush()
 
     results: list[SampleResult] = []
-    jobs, job_slots = [], []
+    trials, trial_slots = [], []
     seen = Counter()
-    for sample in samples:
-        index = seen[sample.task_id]
-        seen[sample.task_id] += 1
-        result = SampleResult(sample.task_id, index, False, "error", num_tokens=sample.num_tokens,
-                              latency_s=sample.latency_s, finish_reason=sample.finish_reason)
-        results.append(result)
-        code = extract_code(sample.completion) if extract else (sample.completion or None)
-        if code is None:
-            result.reason, result.detail = "no code", "no ```python block in the completion"
-            continue
-        job = bench.job(by_id[sample.task_id], code, timeout=timeout, sample_timeout=sample_timeout,
-                        prepared=prepared)
-        if isinstance(job, str):
-            result.reason, result.detail = "error", job
-            continue
-        jobs.append(job)
-        job_slots.append(result)
-    executed = run_jobs(jobs, limits, workers=workers, progress=progress)
-    for result, res in zip(job_slots, executed, strict=True):
-        result.reason, result.detail = _verdict(res)
-        result.passed = result.reason == "passed"
-        result.exec_wall_s = round(res.wall_s, 4)
+    try:
+        for sample in samples:
+            index = seen[sample.task_id]
+            seen[sample.task_id] += 1
+            result = SampleResult(sample.task_id, index, False, "error", num_tokens=sample.num_tokens,
+                                  latency_s=sample.latency_s, finish_reason=sample.finish_reason)
+            results.append(result)
+            code = extract_code(sample.completion) if extract else (sample.completion or None)
+            if code is None:
+                result.reason, result.detail = "no code", "no ```python block in the completion"
+                record(result)
+                continue
+            trial = bench.job(by_id[sample.task_id], code, timeout=timeout, sample_timeout=sample_timeout,
+                              prepared=prepared)
+            if isinstance(trial, str):
+                result.reason, result.detail = "error", trial
+                record(result)
+                continue
+            trials.append(trial)
+            trial_slots.append(result)
+        done = 0
+
+        def finished(i: int, outcome) -> None:
+            nonlocal done
+            result = trial_slots[i]
+            if isinstance(outcome, Exception):  # the harness itself failed on this sample only
+                result.reason, result.detail = "error", f"sandbox failure: {type(outcome).__name__}: {outcome}"[:500]
+            else:
+                result.reason, result.detail = outcome.reason, outcome.detail
+                result.exec_wall_s = round(outcome.exec_wall_s, 4)
+                result.sandbox = outcome.isolation.get("layer")
+            result.passed = result.reason == "passed"
+            record(result)
+            done += 1
+            if progress:
+                progress(done, len(trials))
+
+        run_jobs(trials, lambda t: t.run(limits), workers=workers, on_done=finished)
+    finally:
+        if journal_file is not None:
+            journal_file.close()
     return results
 
 

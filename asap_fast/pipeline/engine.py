@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import time
@@ -469,11 +470,19 @@ def run_corpus(
     progress = Progress(stage, quiet=options.quiet, done=writer.rows, total=todo,
                         count_total=lambda: count_rows(input))
     last_commit = time.monotonic()
-    finished = False
+    damage: InputDamaged | None = None
     try:
         with _Sigterm():
             batch: list[Row] = []  # every row in input order; unreadable ones carry their error
-            for row in read_rows(input, start_row + writer.rows, stop_row):
+            rows_read = read_rows(input, start_row + writer.rows, stop_row)
+            while True:
+                try:
+                    row = next(rows_read)
+                except StopIteration:
+                    break
+                except InputDamaged as e:  # the complete rows before the damage are still processed
+                    damage = e
+                    break
                 if row.error is None:
                     missing = [name for name in required if name not in row.record]
                     if missing:
@@ -486,15 +495,10 @@ def run_corpus(
                         writer.commit()
                         last_commit = time.monotonic()
             _handle(batch, process, writer, summary, progress)
-            finished = True
     except KeyboardInterrupt:
         progress.close()
         writer.close(finished=False)
         raise Interrupted(writer.rows) from None
-    except InputDamaged:
-        progress.close()
-        writer.close(finished=False)
-        raise
     except BaseException:
         progress.close()
         try:
@@ -503,9 +507,16 @@ def run_corpus(
             pass  # the original error says more
         raise
     progress.close()
-    writer.close(finished=finished)
+    writer.close(finished=damage is None)
+    if damage is not None:
+        raise InputDamaged(damage.path, start_row + writer.rows, damage.cause)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def reason_kind(reason: str) -> str:
+    """A reject reason without its particulars (what follows a colon; numbers), for counting."""
+    return re.sub(r"(?<![\w-])\d[\d,.]*", "N", reason.split(":")[0]).strip()
 
 
 def _handle(batch: list[Row], process: BatchFn, writer: CorpusWriter, summary: Summary, progress: Progress) -> None:
@@ -533,7 +544,7 @@ def _handle(batch: list[Row], process: BatchFn, writer: CorpusWriter, summary: S
         else:
             reason = unwritable_text(result) or "row cannot be written as UTF-8"
         summary.rejected += 1
-        summary.reasons[reason.split(":")[0]] += 1
+        summary.reasons[reason_kind(reason)] += 1
     summary.tokens_before += before
     summary.tokens_after += after
     progress.update(len(batch), before, after)
