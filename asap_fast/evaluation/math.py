@@ -116,6 +116,7 @@ class MathBenchmark(Benchmark):
     process by :meth:`score` instead of a sandbox."""
 
     kind = "math"
+    reasons = ("passed", "failed", "no answer")
     id_fields: tuple[str, ...] = ("id",)
     problem_fields: tuple[str, ...] = ("problem",)
     answer_fields: tuple[str, ...] = ("answer",)
@@ -142,6 +143,10 @@ class MathBenchmark(Benchmark):
             problems.append(Problem(str(task_id) if task_id is not None else f"{self.name}/{i}",
                                     MATH_PROMPT.format(problem=str(problem).strip()), record))
         return _unique(problems, str(path))
+
+    def reason_counts(self, results) -> dict:
+        """Samples per outcome (the math outcomes, in place of the code ones)."""
+        return {reason: sum(r.reason == reason for r in results) for reason in self.reasons}
 
     def job(self, problem, code, *, timeout, sample_timeout, prepared):
         return "math benchmarks are scored by comparing answers, not by running code"

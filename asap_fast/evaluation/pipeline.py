@@ -195,6 +195,8 @@ def run_eval(cfg: EvalConfig, *, log=None) -> dict:
                                 journal=journal)
     scoring_wall = time.perf_counter() - start
     summary = summarize(results, n_problems=len(problems), generation_wall_s=generation_wall)
+    if getattr(bench, "kind", "code") == "math":
+        summary["reasons"] = bench.reason_counts(results)
     scored = {r.task_id for r in results}
     missing = [p.task_id for p in problems if p.task_id not in scored]
     config = asdict(cfg)

@@ -15,7 +15,7 @@ from asap_fast.evaluation.sandbox import SandboxLimits, run_jobs
 
 __all__ = ["REASONS", "Sample", "SampleResult", "score_samples", "summarize"]
 
-REASONS = ("passed", "failed", "timeout", "error", "no code", "no answer")  # no answer: math, no \boxed{}
+REASONS = ("passed", "failed", "timeout", "error", "no code")
 
 
 @dataclass
