@@ -52,6 +52,7 @@ from asap_fast.methods.common import (
 __all__ = ["SpiritConfig", "SpiritStage", "StepPerplexity", "spirit_scores", "spirit_scores_ref"]
 
 METHOD = "spirit"
+VARIANTS_PER_CALL = 8
 
 
 @dataclass(frozen=True)
@@ -107,8 +108,7 @@ def spirit_scores(scorer, prefix: str, steps: Sequence[str], *, reuse_cache: boo
     steps = _check_steps(prefix, steps)
     texts = _variants(prefix, steps)
     scorer.check_length(texts[0])
-    encoded = encode_with_ends(scorer.tokenizer, texts)
-    full_ids, full_ends = encoded[0]
+    ((full_ids, full_ends),) = encode_with_ends(scorer.tokenizer, texts[:1])
     check_ids(scorer, full_ids)
     chars = len(prefix)
 
@@ -131,8 +131,14 @@ def spirit_scores(scorer, prefix: str, steps: Sequence[str], *, reuse_cache: boo
     valid = len(full_ids) if cache is not None else 0  # cache rows that still hold the full text's KV
 
     ppl_without = [math.inf] * len(steps)
+    encoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for i in reversed(range(len(steps))):  # later steps first: each crop keeps a shorter prefix
-        ids, ends = encoded[i + 1]
+        if i not in encoded:
+            # a few variants per tokenizer call: its threads help, and K x T token lists never
+            # sit in memory at once (a 16k-token trace of 300 steps would need gigabytes)
+            batch = list(range(max(0, i - VARIANTS_PER_CALL + 1), i + 1))
+            encoded = dict(zip(batch, encode_with_ends(scorer.tokenizer, [texts[k + 1] for k in batch])))
+        ids, ends = encoded.pop(i)
         check_ids(scorer, ids)
         positions = thinking_positions(ends, chars)
         if not positions.size:
