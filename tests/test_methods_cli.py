@@ -176,3 +176,42 @@ def test_asap_rows_carry_their_method(corpus, model_dir, tmp_path):
     rows = read(out)
     assert len(rows) >= 6 and all(r["method"] == "asap" for r in rows)
     assert {r["kind"] for r in rows} == {"math", "code"}
+
+
+def test_full_asap_compress_on_math_rows(cot_traces, model_dir, tmp_path):
+    """`asap compress` with its LLM stages (a loopback chat server) on real math traces: the math
+    direct-thought prompt, no python block required, every stage's fields written."""
+    pytest.importorskip("openai")
+    from llm_server import ChatServer, Scripted, prompt_think, user_content
+
+    def script(body, call):
+        content = user_content(body)
+        if "The compressed thinking is:" in content:  # stage 1b: keep every other section
+            sections = prompt_think(body).split("\n\n")
+            return Scripted("\n\n".join(sections[::2]))
+        assert "answer step by step" in content and "Final Answer" in content  # the math anchor prompt
+        return Scripted("Step-by-Step Solution\n1. Compute.\nFinal Answer\n4")
+
+    rows = []
+    for record in [r for r in cot_traces if r["kind"] == "math" and "</think>" in r["generation"]]:
+        prompt, steps = trace_case(record, max_chars=1200, max_prompt_chars=300)
+        if len(steps) < 6:
+            continue
+        if len(rows) == 3:
+            break
+        answer = record["generation"].split("</think>", 1)[1]
+        rows.append({"id": record["id"], "kind": "math", "prompt": prompt[: -len("\n<think>\n")],
+                     "generation": "<think>\n" + "\n\n".join(steps) + "\n</think>" + answer})
+    src, out = tmp_path / "math.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    server = ChatServer(script)
+    try:
+        assert cli("compress", src, out, "--llm", "openai:m", "--api-base", server.url, "--api-key", "k",
+                   "--model", model_dir, "--ratio", "0.8", "--quiet") == 0
+    finally:
+        server.close()
+    written = read(out)
+    assert len(written) == len(rows)
+    for row in written:
+        assert row["method"] == "asap" and row["direct_thought"].endswith("Final Answer\n4")
+        assert row["coarse_think"] and row["kept_steps"] and "```python" not in row["messages"][-1]["content"][-20:]
