@@ -14,7 +14,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
-__all__ = ["DEFAULT_CORPUS", "PRE_TOKENIZERS", "PeakLiveBytes", "tiny_causal_lm", "tiny_tokenizer", "trace_case"]
+__all__ = ["DEFAULT_CORPUS", "PRE_TOKENIZERS", "PeakLiveBytes", "tiny_causal_lm", "tiny_token_classifier", "tiny_tokenizer",
+           "trace_case"]
 
 # The Qwen2 / Qwen2.5 / DeepSeek-R1-Distill-Qwen pre-tokenizer regex (the one the paper's scorer uses).
 QWEN2_SPLIT = (
@@ -217,6 +218,79 @@ def tiny_causal_lm(
     model = model.to(dtype or torch.float32)
     model.eval()
     return model
+
+
+CLASSIFIER_FAMILIES = ("xlm-roberta-large", "bert-base-multilingual-cased")
+
+
+def tiny_token_classifier(path, family: str = "xlm-roberta-large", *, texts: Iterable[str] | None = None,
+                          vocab_size: int = 1200, hidden: int = 32, seed: int = 0):
+    """Save a two-label token classifier of an LLMLingua-2 family, built from a config with seeded
+    random weights, to the directory ``path`` (no download); returns ``path``.
+
+    family: "xlm-roberta-large" (XLMRobertaForTokenClassification with a SentencePiece-style
+            Unigram tokenizer: "▁" word prefixes, whitespace and newlines normalised to one
+            space, as XLM-R's) or "bert-base-multilingual-cased" (BertForTokenClassification with
+            a WordPiece tokenizer, "##" continuations). llmlingua recognises the family from the
+            path, so ``path`` must contain the family's name (checked).
+    texts:  the tokenizer's training texts (default: DEFAULT_CORPUS).
+    """
+    from pathlib import Path
+
+    import torch
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    if family not in CLASSIFIER_FAMILIES:
+        raise ValueError(f"family must be one of {CLASSIFIER_FAMILIES}, got {family!r}")
+    path = Path(path)
+    if family not in str(path):
+        raise ValueError(f"llmlingua recognises the family by the path: {str(path)!r} must contain {family!r}")
+    corpus = list(DEFAULT_CORPUS if texts is None else texts)
+    if family == "xlm-roberta-large":
+        from transformers import XLMRobertaConfig as Config
+        from transformers import XLMRobertaForTokenClassification as Model
+        from transformers import XLMRobertaTokenizerFast as Fast
+
+        specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        tok = Tokenizer(models.Unigram())
+        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(r"\s+"), " ")])
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+        tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+        tok.train_from_iterator(corpus, trainer=trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>", show_progress=False))
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", pair="<s> $A </s> </s> $B </s>", special_tokens=[("<s>", 0), ("</s>", 2)])
+        fast = Fast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+                    unk_token="<unk>", pad_token="<pad>", mask_token="<mask>")
+        extra = {"pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
+    else:
+        from transformers import BertConfig as Config
+        from transformers import BertForTokenClassification as Model
+        from transformers import BertTokenizerFast as Fast
+
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+        tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        tok.train_from_iterator(corpus, trainer=trainers.WordPieceTrainer(
+            vocab_size=vocab_size, special_tokens=specials, show_progress=False))
+        cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+        fast = Fast(tokenizer_object=tok, do_lower_case=False, unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
+                    cls_token="[CLS]", mask_token="[MASK]")
+        extra = {"pad_token_id": 0}
+    config = Config(vocab_size=len(fast), hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                    intermediate_size=2 * hidden, max_position_embeddings=520, num_labels=2, **extra)
+    config.architectures = [Model.__name__]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Model(config)
+    model.eval()
+    model.save_pretrained(path)
+    fast.save_pretrained(path)
+    return path
 
 
 def trace_case(record: dict, *, max_chars: int | None = None, max_prompt_chars: int | None = None):

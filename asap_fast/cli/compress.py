@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import asdict
 
@@ -31,7 +32,8 @@ def add(subparsers) -> None:
 
     p = subparser(
         subparsers, "compress",
-        help="stages 1a + 1b + 2 in one run: anchor, coarse LLM pruning, surprisal refining",
+        help="stages 1a + 1b + 2 in one run (anchor, coarse LLM pruning, surprisal refining), or a baseline "
+             "method (--method)",
         description=(
             "Read IN (rows with 'prompt' and 'generation'); for each batch write the direct thought (1a), "
             "compress the thinking with the LLM anchored on it and validate the reply with align_steps (1b), "
@@ -40,9 +42,13 @@ def add(subparsers) -> None:
             "rejected by any stage goes to the rejects file with that stage's name. --skip-coarse runs stage 2 "
             "alone on the original thinking (the paper's 'without coarse pruning' ablation; no LLM needed). "
             "Re-running with the same OUT and options resumes; LLM replies already received are replayed from "
-            "OUT's reply cache."
+            "OUT's reply cache. --method spirit | selective-context | llmlingua2 | tokenskip runs one of the "
+            "paper's baselines instead (no LLM), with the same output fields plus 'method'; `asap report A B ... "
+            "OUT.html` compares the outputs of several methods."
         ),
-        example="asap compress traces.jsonl out/asap.jsonl --llm openai:deepseek-chat --api-base http://localhost:8000/v1",
+        example=("asap compress traces.jsonl out/asap.jsonl --llm openai:deepseek-chat --api-base http://localhost:8000/v1\n"
+                 "asap compress traces.jsonl out/spirit.jsonl --method spirit --ratio 0.5 "
+                 "--model deepseek-ai/DeepSeek-R1-Distill-Qwen-7B"),
     )
     add_io(p)
     p.add_argument("--skip-coarse", action="store_true",
@@ -63,9 +69,145 @@ def add(subparsers) -> None:
     g.add_argument("--coarse-template", metavar="FILE", help="custom stage 1b template ({anchor}, {think})")
     add_validation_options(g)
     add_stage2_options(p)
+    add_method_options(p)
+    # --budget's default depends on the method (asap: 4096; the baselines: --ratio 0.5), so it is
+    # resolved in run(); None here means "not given"
+    p.set_defaults(budget=None)
     r = add_run_options(p, batch=64, batch_help="rows per batch through all three stages (default: 64)")
     add_shard_option(r)
     p.set_defaults(func=run)
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma-separated list of numbers, got {text!r}") from None
+
+
+def _word_list(text: str) -> tuple[str, ...]:
+    return tuple(w for w in text.split(",") if w)
+
+
+def add_method_options(p) -> None:
+    from asap_fast.methods import METHODS
+    from asap_fast.methods.llmlingua2 import DEFAULT_MODEL, TOKEN_TO_WORD
+    from asap_fast.methods.selective_context import UNITS
+    from asap_fast.methods.tokenskip import RATIOS, SEPARATOR
+
+    g = p.add_argument_group(
+        "method (the paper's baselines: README 'Methods')",
+        "--method other than asap runs no LLM: it compresses the thinking (coarse_think when the row has "
+        "it, see --think-field) with one of the paper's baselines and writes the same fields plus 'method'. "
+        "Without --budget or --ratio the baselines keep half of each thinking (--ratio 0.5, SPIRIT's "
+        "setting in the paper); asap keeps its --budget 4096. Tokens are counted with --model's tokenizer "
+        "for every method.")
+    g.add_argument("--method", choices=METHODS, default="asap",
+                   help="asap: stages 1a + 1b + 2 (default); spirit: drop the steps whose removal raises the "
+                        "perplexity of the rest least; selective-context: drop the units of lowest "
+                        "self-information; llmlingua2: drop the words an LLMLingua-2 classifier drops; "
+                        "tokenskip: llmlingua2 at a ratio drawn per row, written into the SFT prompt")
+    g.add_argument("--unit", choices=UNITS, default=None,
+                   help="selective-context: lexical unit (default: token; phrase needs spaCy and --spacy-model)")
+    g.add_argument("--spacy-model", default=None, metavar="NAME",
+                   help="selective-context --unit phrase: the spaCy pipeline (default: en_core_web_sm)")
+    g.add_argument("--lingua-model", default=None, metavar="PATH",
+                   help=f"llmlingua2 / tokenskip: the LLMLingua-2 token classifier, a directory or hub id whose "
+                        f"name contains xlm-roberta-large or bert-base-multilingual-cased (default: {DEFAULT_MODEL})")
+    g.add_argument("--force-tokens", type=_word_list, default=None, metavar="W,W",
+                   help="llmlingua2 / tokenskip: words always kept (TokenSkip's LLaMA-3 recipe: Step,:)")
+    g.add_argument("--force-reserve-digit", action="store_true", default=None,
+                   help="llmlingua2 / tokenskip: always keep words with a digit")
+    g.add_argument("--drop-consecutive", action="store_true", default=None,
+                   help="llmlingua2 / tokenskip: drop a force token repeated with nothing kept between")
+    g.add_argument("--token-to-word", choices=TOKEN_TO_WORD, default=None,
+                   help="llmlingua2 / tokenskip: a word's keep probability from its tokens' (default: mean)")
+    g.add_argument("--tokenskip-ratios", type=_float_list, default=None, metavar="R,R",
+                   help="tokenskip: the ratios drawn per row, 1.0 = the original thinking (default: "
+                        + ",".join(f"{r:g}" for r in RATIOS) + ")")
+    g.add_argument("--tokenskip-seed", type=int, default=None, metavar="N",
+                   help="tokenskip: seed of the per-row draw (default: 42)")
+    g.add_argument("--tokenskip-separator", default=None, metavar="S",
+                   help=f"tokenskip: written around the ratio after the question (default: {SEPARATOR})")
+
+
+# the options each baseline takes (besides the shared stage-2 ones)
+_METHOD_OPTIONS = {
+    "asap": (),
+    "spirit": (),
+    "selective-context": ("unit", "spacy_model"),
+    "llmlingua2": ("lingua_model", "force_tokens", "force_reserve_digit", "drop_consecutive", "token_to_word"),
+    "tokenskip": ("lingua_model", "force_tokens", "force_reserve_digit", "drop_consecutive", "token_to_word",
+                  "tokenskip_ratios", "tokenskip_seed", "tokenskip_separator"),
+}
+
+
+def method_config(args):
+    """The method's typed config from the options (None for asap), refusing options of another method."""
+    from asap_fast.methods.common import Target
+
+    given = [name for names in _METHOD_OPTIONS.values() for name in names
+             if getattr(args, name) is not None and name not in _METHOD_OPTIONS[args.method]]
+    if given:
+        flag = "--" + given[0].replace("_", "-")
+        raise ValueError(f"{flag} does not apply to --method {args.method}")
+    if args.method == "asap":
+        return None
+    if args.llm:
+        raise ValueError(f"--llm runs stage 1, which only --method asap has; --method {args.method} needs no LLM")
+    if args.mode != "global" or args.steps_per_round != 1:
+        raise ValueError("--mode and --steps-per-round are options of --method asap")
+    target = Target(budget=args.budget, ratio=None) if args.budget is not None else Target(ratio=args.ratio or 0.5)
+    common = {"think_field": args.think_field, "task": args.task}
+    if args.method == "spirit":
+        from asap_fast.methods.spirit import SpiritConfig
+
+        return SpiritConfig(target=target, **common)
+    if args.method == "selective-context":
+        from asap_fast.methods.selective_context import SelectiveContextConfig
+
+        return SelectiveContextConfig(target=target, unit=args.unit or "token",
+                                      spacy_model=args.spacy_model or "en_core_web_sm", **common)
+    from asap_fast.methods.llmlingua2 import DEFAULT_MODEL, LLMLingua2Config
+
+    lingua = LLMLingua2Config(model=args.lingua_model or DEFAULT_MODEL, target=target,
+                              force_tokens=args.force_tokens or (),
+                              force_reserve_digit=bool(args.force_reserve_digit),
+                              drop_consecutive=bool(args.drop_consecutive),
+                              token_to_word=args.token_to_word or "mean", **common)
+    if args.method == "llmlingua2":
+        return lingua
+    from asap_fast.methods.tokenskip import RATIOS, SEPARATOR, TokenSkipConfig
+
+    if args.budget is not None or args.ratio is not None:
+        raise ValueError("tokenskip draws its ratio per row from --tokenskip-ratios; --budget and --ratio do not apply")
+    return TokenSkipConfig(llmlingua=lingua, ratios=args.tokenskip_ratios or RATIOS,
+                           seed=42 if args.tokenskip_seed is None else args.tokenskip_seed,
+                           separator=args.tokenskip_separator if args.tokenskip_separator is not None else SEPARATOR)
+
+
+def run_method(args, config) -> int:
+    """A baseline (--method other than asap) over the corpus, on the run engine."""
+    from asap_fast.core.fingerprint import model_identity
+    from asap_fast.methods import load_stage
+    from asap_fast.methods.llmlingua2 import LLMLingua2Config
+    from asap_fast.methods.tokenskip import TokenSkipConfig
+    from asap_fast.pipeline.engine import run_corpus
+    from asap_fast.pipeline.shards import shard_plan
+
+    spec = scorer_spec(args)
+    if isinstance(config, (LLMLingua2Config, TokenSkipConfig)):
+        counting = {"tokenizer": model_identity(spec.model_path())}  # only its tokenizer is used
+    else:
+        counting = {"scorer": spec.manifest()}
+    manifest = {"method": args.method, **counting, args.method: config.manifest()}
+    rows, meta = shard_plan(args.input, args.shard)
+    stage = load_stage(config, spec, device=args.device, quiet=args.quiet)
+    summary = run_corpus(args.input, args.output, stage="compress", process=stage.process,
+                         options=run_options(args), manifest_options=manifest,
+                         required=("prompt", "generation"), rows=rows, shard=args.shard, meta=meta)
+    print_summary(summary, args.quiet)
+    return 0
 
 
 def run(args) -> int:
@@ -80,13 +222,20 @@ def run(args) -> int:
     from asap_fast.stage2.fine import FineStage
 
     check_input(args.input)
+    config = method_config(args)
+    if config is not None:
+        if args.skip_coarse:
+            raise ValueError("--skip-coarse is an option of --method asap (the baselines never run stage 1)")
+        return run_method(args, config)
+    if args.budget is None and args.ratio is None:
+        args.budget = 4096
     if not args.skip_coarse and not args.llm:
         raise ValueError("--llm is required (or --skip-coarse to run stage 2 alone)")
     # the ablation prunes the original thinking, whatever the row holds
     config = prune_config(args, think_field="think" if args.skip_coarse else None)
     spec = scorer_spec(args)
     rows, meta = shard_plan(args.input, args.shard)
-    manifest = {"skip_coarse": args.skip_coarse}
+    manifest = {"method": "asap", "skip_coarse": args.skip_coarse}
     backend = direct = coarse = None
     if not args.skip_coarse:
         if not 0.0 <= args.threshold <= 1.0:
@@ -111,7 +260,7 @@ def run(args) -> int:
                              metric=args.metric, max_attempts=args.max_attempts, snap=args.snap_to_original)
     try:
         fine = FineStage(spec.load(quiet=args.quiet, stage="compress"), config)
-        stage = CompressStage(fine, direct, coarse)
+        stage = CompressStage(fine, direct, coarse, method="asap")
         summary = run_corpus(args.input, args.output, stage="compress", process=stage.process,
                              options=run_options(args), manifest_options=manifest,
                              required=("prompt", "generation"), rows=rows, shard=args.shard, meta=meta)

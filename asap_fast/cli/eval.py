@@ -15,12 +15,15 @@ def add(subparsers) -> None:
         subparsers, "eval",
         example="asap eval --benchmark humaneval_plus --data HumanEvalPlus.jsonl.gz --model runs/asap-qwen7b "
                 "--out results/humaneval_plus.json",
-        help="generate on a code benchmark, run the code in a sandbox, report Pass@1, tokens and latency",
+        help="generate on a code or math benchmark, check the answers (code in a sandbox, math with "
+             "math-verify), report Pass@1, tokens and latency",
         description=(
             "Evaluate a model the way the paper does: greedy generation with the benchmark's prompt "
             "(the chat template's generation prompt followed by '<think>\\n'), the first ```python "
             "block after </think> as the answer, executed with the benchmark's tests in a sandbox "
-            "(own process, temporary directory, namespaces, resource limits, no network). With "
+            "(own process, temporary directory, namespaces, resource limits, no network). "
+            "Math benchmarks (gsm8k, math500, aime) take the last \\boxed{...} of the completion as the answer "
+            "and compare it with the reference with math-verify. With "
             f"--model it generates and scores; with --generations it only scores. Benchmarks: {names}. "
             "Writes OUT (JSON: pass_at_1, pass_at_k, avg_tokens, latency_s, per-sample results in "
             "input order, config) and, when generating, the generations next to it."
@@ -29,8 +32,8 @@ def add(subparsers) -> None:
     io = p.add_argument_group("data")
     io.add_argument("--benchmark", required=True, help="benchmark name or alias")
     io.add_argument("--data", required=True, metavar="PATH",
-                    help="the benchmark's published file (.jsonl/.jsonl.gz/.json); for livecodebench also "
-                         "a directory of code_generation_lite test*.jsonl files")
+                    help="the benchmark's published file (.jsonl/.jsonl.gz/.json; math: also .parquet); for "
+                         "livecodebench also a directory of code_generation_lite test*.jsonl files")
     io.add_argument("--out", required=True, metavar="RESULTS.json", help="where to write the results")
     io.add_argument("--generations", metavar="PATH", default=None,
                     help="score these completions (JSONL of task_id, completion; several per task allowed; "
@@ -54,7 +57,8 @@ def add(subparsers) -> None:
                      help="vllm (GPUs), hf (transformers; CPU and small models) or auto (default: vllm when "
                           "installed and a GPU is present, else hf)")
     gen.add_argument("--max-new-tokens", type=int, default=None,
-                     help="generation budget (default: the paper's, 6144 for HumanEval(+), 10240 otherwise)")
+                     help="generation budget (default: the paper's, 6144 for HumanEval(+), 2048 for GSM8K, 4096 for "
+                          "MATH-500, 10240 otherwise)")
     gen.add_argument("--num-samples", type=int, default=1,
                      help="samples per problem, for pass@k; needs --temperature (default: 1)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, the paper's (default: 0)")
@@ -67,6 +71,11 @@ def add(subparsers) -> None:
     gen.add_argument("--gpu-memory-utilization", type=float, default=0.9,
                      help="vllm: fraction of GPU memory (default: 0.9)")
     gen.add_argument("--trust-remote-code", action="store_true", help="let transformers/vLLM run the model's own code")
+    gen.add_argument("--tokenskip-ratio", type=float, default=None, metavar="R",
+                     help="a TokenSkip model (trained on `asap compress --method tokenskip` rows): write ratio R "
+                          "after the question, as in training (e.g. 0.6; 1.0 = no compression)")
+    gen.add_argument("--tokenskip-separator", default="<|eot_id|>", metavar="S",
+                     help="with --tokenskip-ratio: the separator around the ratio (default: <|eot_id|>, TokenSkip's)")
 
     ex = p.add_argument_group("execution")
     ex.add_argument("--timeout", type=float, default=3.0,
@@ -96,7 +105,8 @@ def run(args) -> int:
         batch_size=args.batch_size, tensor_parallel_size=args.tensor_parallel_size, dtype=args.dtype,
         max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
         trust_remote_code=args.trust_remote_code, tokenizer=args.tokenizer, extract=args.extract,
-        save_generations=args.save_generations,
+        save_generations=args.save_generations, tokenskip_ratio=args.tokenskip_ratio,
+        tokenskip_separator=args.tokenskip_separator,
     )
     log = (lambda msg: None) if args.quiet else (lambda msg: print(f"asap eval: {msg}", file=sys.stderr))
     try:

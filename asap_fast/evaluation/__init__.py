@@ -10,6 +10,8 @@ generated tokens and latency (the command ``asap eval``).
     summarize(results, n_problems=len(problems))["pass_at_1"]
 
 The same from the command line: ``asap eval --benchmark humaneval_plus --data ... --model ...``.
+Math benchmarks (gsm8k, math500, aime: asap_fast.evaluation.math) compare \boxed{} answers with
+math-verify instead of running code.
 """
 
 from asap_fast.evaluation.benchmarks import (
@@ -29,6 +31,7 @@ from asap_fast.evaluation.generate import (
     build_prompt,
     load_generator,
 )
+from asap_fast.evaluation.math import AIME, GSM8K, MATH500, is_equivalent, last_boxed  # registers them
 from asap_fast.evaluation.metrics import pass_at_k, pass_at_k_table, percentile
 from asap_fast.evaluation.pipeline import (
     EvalConfig,
@@ -55,13 +58,16 @@ from asap_fast.evaluation.score import (
 )
 
 __all__ = [
+    "AIME",
     "BENCHMARKS",
     "BackendUnavailable",
     "Benchmark",
     "EvalConfig",
+    "GSM8K",
     "Generation",
     "GenerationRun",
     "HFGenerator",
+    "MATH500",
     "Problem",
     "REASONS",
     "Sample",
@@ -73,7 +79,9 @@ __all__ = [
     "build_prompt",
     "extract_code",
     "get_benchmark",
+    "is_equivalent",
     "isolation_report",
+    "last_boxed",
     "load_generator",
     "pass_at_k",
     "pass_at_k_table",

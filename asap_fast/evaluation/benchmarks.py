@@ -67,6 +67,7 @@ __all__ = [
     "Problem",
     "get_benchmark",
     "read_rows",
+    "register",
 ]
 
 # The paper's HumanEval(+) prompt (PAPER.md, Evaluation).
@@ -430,6 +431,11 @@ def _no_options(name: str, options: dict) -> None:
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b for b in (HumanEval(), HumanEvalPlus(), LeetCodeDataset(), LiveCodeBench())
 }
+
+
+def register(bench: Benchmark) -> None:
+    """Add a benchmark defined in another module (the math ones: asap_fast.evaluation.math)."""
+    BENCHMARKS[bench.name] = bench
 
 
 def get_benchmark(name: str) -> Benchmark:

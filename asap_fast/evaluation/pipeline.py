@@ -49,6 +49,8 @@ class EvalConfig:
     tokenizer: str | None = None
     extract: bool = True
     save_generations: str | None = None
+    tokenskip_ratio: float | None = None  # TokenSkip models: the ratio written after the question
+    tokenskip_separator: str = "<|eot_id|>"
 
     def validate(self) -> None:
         if (self.model is None) == (self.generations is None):
@@ -60,6 +62,11 @@ class EvalConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
+        if self.tokenskip_ratio is not None:
+            if self.model is None:
+                raise ValueError("--tokenskip-ratio shapes the generation prompt; it needs --model")
+            if not 0 < self.tokenskip_ratio <= 1:
+                raise ValueError(f"--tokenskip-ratio must be in (0, 1], got {self.tokenskip_ratio}")
 
 
 def read_generations(path: str | Path) -> list[Sample]:
@@ -96,6 +103,16 @@ def write_generations(path: str | Path, samples: list[Sample]) -> None:
             f.write(json.dumps(asdict(s), ensure_ascii=False) + "\n")
 
 
+def user_contents(cfg: EvalConfig, problems: list[Problem]) -> list[str]:
+    """The user turn of each problem: the benchmark's prompt, followed by the ratio for a TokenSkip
+    model (``tokenskip_ratio``: the format it was trained on, asap_fast.methods.tokenskip)."""
+    if cfg.tokenskip_ratio is None:
+        return [p.prompt for p in problems]
+    from asap_fast.methods.tokenskip import tokenskip_prompt
+
+    return [tokenskip_prompt(p.prompt, cfg.tokenskip_ratio, cfg.tokenskip_separator) for p in problems]
+
+
 def _generate(cfg: EvalConfig, problems: list[Problem], max_new_tokens: int, log) -> tuple[list[Sample], float, dict]:
     from asap_fast.evaluation.generate import build_prompt, load_generator
 
@@ -104,7 +121,7 @@ def _generate(cfg: EvalConfig, problems: list[Problem], max_new_tokens: int, log
         max_model_len=cfg.max_model_len, gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed,
         batch_size=cfg.batch_size, trust_remote_code=cfg.trust_remote_code,
     )
-    prompts = [build_prompt(generator.tokenizer, p.prompt) for p in problems]
+    prompts = [build_prompt(generator.tokenizer, content) for content in user_contents(cfg, problems)]
     log(f"generating {len(prompts)} x {cfg.num_samples} with {generator.backend} (max {max_new_tokens} new tokens)")
     run = generator.generate(prompts, max_new_tokens=max_new_tokens, num_samples=cfg.num_samples,
                              temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
@@ -170,11 +187,16 @@ def run_eval(cfg: EvalConfig, *, log=None) -> dict:
     journal = Path(cfg.out).with_name(Path(cfg.out).name + ".samples.jsonl")
     journal.parent.mkdir(parents=True, exist_ok=True)
     journal.write_text("", encoding="utf-8")
-    results = score_samples(bench, problems, samples, timeout=cfg.timeout, sample_timeout=cfg.sample_timeout,
-                            workers=cfg.workers, limits=limits, extract=cfg.extract, progress=progress,
-                            journal=journal)
+    if getattr(bench, "kind", "code") == "math":  # answers compared by math-verify, nothing executed
+        results = bench.score(problems, samples, extract=cfg.extract, progress=progress)
+    else:
+        results = score_samples(bench, problems, samples, timeout=cfg.timeout, sample_timeout=cfg.sample_timeout,
+                                workers=cfg.workers, limits=limits, extract=cfg.extract, progress=progress,
+                                journal=journal)
     scoring_wall = time.perf_counter() - start
     summary = summarize(results, n_problems=len(problems), generation_wall_s=generation_wall)
+    if getattr(bench, "kind", "code") == "math":
+        summary["reasons"] = bench.reason_counts(results)
     scored = {r.task_id for r in results}
     missing = [p.task_id for p in problems if p.task_id not in scored]
     config = asdict(cfg)

@@ -25,10 +25,12 @@ class CompressStage:
     """``process(rows)`` for run_corpus: direct -> coarse -> fine on each batch (direct/coarse None
     with --skip-coarse)."""
 
-    def __init__(self, fine: FineStage, direct=None, coarse=None):
+    def __init__(self, fine: FineStage, direct=None, coarse=None, method: str | None = None):
+        """``method``: when given, every output row gains ``method`` (what `asap compress --method`
+        writes, so outputs of several methods can be compared)."""
         if (direct is None) != (coarse is None):
             raise ValueError("give both stage-1 stages or neither")
-        self.fine, self.direct, self.coarse = fine, direct, coarse
+        self.fine, self.direct, self.coarse, self.method = fine, direct, coarse, method
 
     def process(self, rows: list[dict]) -> list:
         results: list = [None] * len(rows)
@@ -48,5 +50,7 @@ class CompressStage:
             current = kept
         outs = self.fine.process([records[i] for i in current]) if current else []
         for i, out in zip(current, outs):
+            if self.method is not None and not isinstance(out, RowError):
+                out = {**out, "method": self.method}
             results[i] = _tag(out, "fine")
         return results

@@ -114,8 +114,8 @@ class Summary:
         out += [f"  rejected {count}: {reason}" for reason, count in self.reasons.most_common()]
         if self.tokens_before:
             ratio = self.tokens_after / self.tokens_before
-            out.append(f"  trace tokens {self.tokens_before:,} -> {self.tokens_after:,} (x{ratio:.3f}), "
-                       f"steps kept {self.steps_kept:,} of {self.steps:,}; "
+            steps = f"steps kept {self.steps_kept:,} of {self.steps:,}; " if self.steps else ""
+            out.append(f"  trace tokens {self.tokens_before:,} -> {self.tokens_after:,} (x{ratio:.3f}), {steps}"
                        f"{self.tokens_before / max(self.seconds, 1e-9):,.0f} trace tokens/s")
         out.append(f"  wrote {self.output} and {rejects_path(self.output)}")
         return out
@@ -564,7 +564,8 @@ def _handle(batch: list[Row], process: BatchFn, writer: CorpusWriter, summary: S
             if isinstance(result.get("tokens_before"), int) and isinstance(result.get("tokens_after"), int):
                 before += result["tokens_before"]
                 after += result["tokens_after"]
-                summary.steps += len(result.get("step_surprisal") or ())
+                # step scores: stage 2's surprisal, or a step method's own (asap compress --method)
+                summary.steps += len(result.get("step_surprisal") or result.get("step_importance") or ())
                 summary.steps_kept += len(result.get("kept_steps") or ())
             continue
         if isinstance(result, RowError):

@@ -1,0 +1,243 @@
+"""SPIRIT, step-level perplexity pruning (Cui et al., "Stepwise Perplexity-Guided Refinement for
+Efficient Chain-of-Thought Reasoning in Large Language Models", arXiv 2502.13260), in the "global"
+form the ASAP paper uses as its baseline: importance computed once on the whole trace, steps removed
+in ascending importance until the budget (ratio 0.5 in the paper) is met.
+
+Definition implemented (exactly this; tests restate it with a plain loop):
+
+    text(S)   = prefix + "\\n\\n".join(steps in S)     prefix = prompt + "\\n<think>\\n", tokenized once
+    covered   = the tokens of the thinking: every token whose character span ends after the prefix
+                (the token holding the thinking's first character included), except a token at
+                index 0 (nothing precedes it)
+    PPL(S)    = exp( mean over covered tokens t of  -ln p(ids[t] | ids[:t]) )
+    importance[i] = PPL(all steps but i) - PPL(all steps)
+
+so the perplexity covers the reasoning that remains, conditioned on the prompt; removing a step
+whose absence makes the rest less predictable is costly. A removal that leaves no covered token
+has importance +inf (never preferred). Pruning is stage 2's global rule on these scores
+(:func:`asap_fast.stage2.pruning.prune_steps_result`: ascending importance, ties by lower index,
+until ``len(tokenizer.encode(join(kept)))`` fits; a budget already met keeps everything).
+
+Cost: the definition needs K + 1 forward passes of a T-token text. Removing step i leaves the
+tokens before it unchanged (token ids compared one by one, so a boundary that tokenizes differently
+is never reused wrongly), so after one full pass with a KV cache, each variant only runs its
+suffix from the cached prefix, and the log-probs of the unchanged tokens are taken from the full
+pass. Variants are visited from the last step to the first, so each one crops the cache to a
+shorter prefix that still holds the full text's keys and values. ``reuse_cache=False`` runs the
+naive loop (one full forward per variant) through the same kernels; :func:`spirit_scores_ref` is
+the definition written plainly with full fp64 log-softmax logits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from asap_fast.core.errors import RowError
+from asap_fast.methods.common import (
+    SEPARATOR,
+    Target,
+    check_ids,
+    count_tokens,
+    encode_with_ends,
+    method_output,
+    prepare_row,
+    row_error,
+    thinking_positions,
+)
+
+__all__ = ["SpiritConfig", "SpiritStage", "StepPerplexity", "spirit_scores", "spirit_scores_ref"]
+
+METHOD = "spirit"
+VARIANTS_PER_CALL = 8
+
+
+@dataclass(frozen=True)
+class StepPerplexity:
+    """``ppl_full``: PPL of the whole thinking; ``ppl_without[i]``: PPL of the thinking without step
+    i (inf where nothing is left to score)."""
+
+    ppl_full: float
+    ppl_without: list[float]
+
+    @property
+    def importance(self) -> list[float]:
+        return [w - self.ppl_full if math.isfinite(w) else math.inf for w in self.ppl_without]
+
+
+def _variants(prefix: str, steps: Sequence[str]) -> list[str]:
+    """The full text, then the text without step i for every i."""
+    steps = list(steps)
+    return [prefix + SEPARATOR.join(steps)] + [prefix + SEPARATOR.join(steps[:i] + steps[i + 1:])
+                                               for i in range(len(steps))]
+
+
+def _ppl(nll_sum: float, count: int) -> float:
+    return math.exp(nll_sum / count) if count else math.inf
+
+
+def _common_prefix_length(a: np.ndarray, b: np.ndarray) -> int:
+    m = min(len(a), len(b))
+    differ = np.flatnonzero(a[:m] != b[:m])
+    return int(differ[0]) if differ.size else m
+
+
+def _check_steps(prefix, steps) -> list[str]:
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be str, got {type(prefix).__name__}")
+    if isinstance(steps, str) or not isinstance(steps, Sequence):
+        raise TypeError(f"steps must be a list of str, got {type(steps).__name__}")
+    steps = list(steps)
+    for i, step in enumerate(steps):
+        if not isinstance(step, str) or not step:
+            raise ValueError(f"steps[{i}] must be a non-empty str")
+    if not steps:
+        raise ValueError("no steps to score")
+    return steps
+
+
+def spirit_scores(scorer, prefix: str, steps: Sequence[str], *, reuse_cache: bool = True) -> StepPerplexity:
+    """PPL of the whole thinking and of the thinking without each step (see the module doc), with
+    a loaded :class:`~asap_fast.stage2.surprisal.SurprisalScorer`. Per-token log-probs of every
+    covered row come from its fused ``linear_logsoftmax_gather`` path."""
+    import torch
+
+    steps = _check_steps(prefix, steps)
+    texts = _variants(prefix, steps)
+    scorer.check_length(texts[0])
+    ((full_ids, full_ends),) = encode_with_ends(scorer.tokenizer, texts[:1])
+    check_ids(scorer, full_ids)
+    chars = len(prefix)
+
+    def log_probs(ids: np.ndarray, positions: np.ndarray, start: int = 0, cache=None) -> np.ndarray:
+        # log p(ids[p] | ids[:p]) for p in positions, from the forward of ids[start:] (continuing
+        # ``cache``, which holds the first ``start`` tokens, when given)
+        if not positions.size:
+            return np.zeros(0)
+        values = scorer.log_probs(torch.from_numpy(ids[start:][None]), torch.from_numpy(positions - 1 - start),
+                                  torch.from_numpy(ids[positions]), cache=cache)
+        return values.double().cpu().numpy()
+
+    cache = scorer.new_cache() if reuse_cache else None
+    covered = thinking_positions(full_ends, chars)
+    full_lp = np.full(len(full_ids), np.nan)
+    full_lp[covered] = log_probs(full_ids, covered, cache=cache)
+    ppl_full = _ppl(-float(full_lp[covered].sum()), len(covered))
+    # cumulative log-prob of the covered tokens before index p (uncovered ones add 0)
+    before = np.concatenate([[0.0], np.cumsum(np.nan_to_num(full_lp, nan=0.0))])
+    valid = len(full_ids) if cache is not None else 0  # cache rows that still hold the full text's KV
+
+    ppl_without = [math.inf] * len(steps)
+    encoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for i in reversed(range(len(steps))):  # later steps first: each crop keeps a shorter prefix
+        if i not in encoded:
+            # a few variants per tokenizer call: its threads help, and K x T token lists never
+            # sit in memory at once (a 16k-token trace of 300 steps would need gigabytes)
+            batch = list(range(max(0, i - VARIANTS_PER_CALL + 1), i + 1))
+            encoded = dict(zip(batch, encode_with_ends(scorer.tokenizer, [texts[k + 1] for k in batch])))
+        ids, ends = encoded.pop(i)
+        check_ids(scorer, ids)
+        positions = thinking_positions(ends, chars)
+        if not positions.size:
+            continue
+        same = _common_prefix_length(ids, full_ids)  # tokens before `same` are the full text's
+        reused = positions[positions < same]
+        fresh = positions[positions >= same]
+        # covered positions below `same` are a contiguous run from the first covered one
+        total = before[same] - before[reused[0]] if reused.size else 0.0
+        if fresh.size:
+            # the cache may hold only tokens equal to this variant's, and the row before the first
+            # fresh token must be an output of the forward, not a cached row
+            start = min(same, int(fresh[0]) - 1, valid)
+            if cache is not None and start >= 1:
+                cached = cache.get_seq_length()
+                if start < cached:
+                    cache.crop(start - cached)  # negative: drop that many tokens (all versions)
+                total += log_probs(ids, fresh, start, cache).sum()
+                valid = start
+            else:
+                total += log_probs(ids, fresh).sum()
+        ppl_without[i] = _ppl(-float(total), len(positions))
+    return StepPerplexity(ppl_full, ppl_without)
+
+
+def spirit_scores_ref(model, tokenizer, prefix: str, steps: Sequence[str]) -> StepPerplexity:
+    """The definition written plainly: every variant tokenized and run through the whole model, its
+    [T, V] logits log-softmaxed in float64, the covered tokens' NLL averaged. The test oracle and
+    the benchmark's naive baseline."""
+    import torch
+
+    steps = _check_steps(prefix, steps)
+    values = []
+    for text in _variants(prefix, steps):
+        ((ids, ends),) = encode_with_ends(tokenizer, [text])
+        positions = thinking_positions(ends, len(prefix))
+        if not positions.size:
+            values.append(math.inf)
+            continue
+        with torch.inference_mode():
+            logits = model(input_ids=torch.from_numpy(ids)[None].to(model.device)).logits[0]
+        log_probs = torch.log_softmax(logits.double(), -1)
+        target = torch.from_numpy(ids[positions]).to(log_probs.device)
+        nll = -log_probs[torch.from_numpy(positions - 1).to(log_probs.device), target].sum().item()
+        values.append(_ppl(nll, len(positions)))
+    return StepPerplexity(values[0], values[1:])
+
+
+@dataclass(frozen=True)
+class SpiritConfig:
+    """SPIRIT's options (each changes the output bytes). ``target``: the paper's baseline keeps half
+    of each thinking's tokens (ratio 0.5)."""
+
+    target: Target = Target(ratio=0.5)
+    think_field: str = "auto"
+    task: str = "auto"
+
+    def manifest(self) -> dict:
+        return {"target": self.target.manifest(), "think_field": self.think_field, "task": self.task}
+
+
+class SpiritStage:
+    """SPIRIT over corpus rows with a loaded SurprisalScorer. Rows gain ``method``, ``pruned_think``,
+    ``step_importance`` (PPL rise per step; null where it is +inf, or for every step when the
+    thinking already fits the budget and nothing was scored), ``kept_steps``, ``tokens_before``,
+    ``tokens_after`` and ``messages``."""
+
+    name = METHOD
+
+    def __init__(self, scorer, config: SpiritConfig = SpiritConfig(), *, reuse_cache: bool = True):
+        self.scorer, self.config, self.reuse_cache = scorer, config, reuse_cache
+
+    def process(self, records: list[dict]) -> list:
+        return [self._one(record) for record in records]
+
+    def _one(self, record: dict):
+        from asap_fast.stage2.pruning import prune_steps_result
+
+        config = self.config
+        try:
+            row = prepare_row(record, think_field=config.think_field, task=config.task)
+            tokenizer = self.scorer.tokenizer
+            tokens_before = count_tokens(tokenizer, row.thinking)
+            target = config.target
+            if target.budget is not None and tokens_before <= target.budget:
+                kept, importance, tokens_after = list(range(len(row.steps))), None, tokens_before
+            else:
+                scores = spirit_scores(self.scorer, row.prefix, row.steps, reuse_cache=self.reuse_cache)
+                importance = scores.importance
+                result = prune_steps_result(row.steps, importance, tokenizer, max_tokens=target.budget,
+                                            ratio=target.ratio)
+                kept, tokens_after = result.kept, result.tokens_after
+                if not kept:
+                    raise ValueError(f"the budget removes every step: {tokens_before} tokens in {len(row.steps)} steps")
+        except (RowError, ValueError) as e:  # bad rows, over-long traces, id mismatches: one reject each
+            return row_error(e, METHOD)
+        pruned = SEPARATOR.join(row.steps[k] for k in kept)
+        return method_output(
+            record, record["prompt"], METHOD, pruned, row.answer, tokens_before, tokens_after,
+            step_importance=None if importance is None else [v if math.isfinite(v) else None for v in importance],
+            kept_steps=list(kept),
+        )
