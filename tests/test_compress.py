@@ -105,7 +105,9 @@ def test_compress_skip_coarse_needs_no_llm_and_prunes_the_original_thinking(tmp_
     compressed, fine = read(tmp_path / "c.jsonl"), read(tmp_path / "f.jsonl")
     # budget 120 keeps some steps of every row (a budget that removes every step is a reject)
     assert len(compressed) == 6 and all(r["kept_steps"] and r["tokens_after"] <= 120 for r in compressed)
-    assert [{k: v for k, v in r.items() if k != "coarse_think"} for r in compressed] == fine
+    # the same rows as `asap fine` writes, but for the `method` that `asap compress` names
+    assert all(r["method"] == "asap" for r in compressed)
+    assert [{k: v for k, v in r.items() if k not in ("coarse_think", "method")} for r in compressed] == fine
     assert all("direct_thought" not in r for r in compressed)
     rejects = read(tmp_path / "c.rejects.jsonl")
     assert [(r["id"], r["stage"]) for r in rejects] == [("cut", "fine")]
