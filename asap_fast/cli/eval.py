@@ -39,7 +39,12 @@ def add_eval(subparsers) -> None:
                     help="the completions are code already (do not look for a ```python block)")
     io.add_argument("--tokenizer", default=None, metavar="PATH",
                     help="with --generations: count tokens of completions that have no num_tokens")
-    io.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    io.add_argument("--limit", type=int, default=None,
+                    help="only the first N problems (the results record the run as a subset)")
+    io.add_argument("--subset", action="store_true",
+                    help="with --generations: score only the problems that have a generation, and record the "
+                         "run as a subset with their task ids (default: Pass@1 over every problem of the "
+                         "benchmark, a problem without a generation counting as failed, as in the reference)")
     io.add_argument("--release", default=None,
                     help="livecodebench release: release_vN, release_latest, vN or vA_vB (e.g. v1_v3, v4_v5); "
                          "by file for a directory, by contest-date window for a single file")
@@ -91,7 +96,7 @@ def run_eval_command(args) -> int:
         batch_size=args.batch_size, tensor_parallel_size=args.tensor_parallel_size, dtype=args.dtype,
         max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
         trust_remote_code=args.trust_remote_code, tokenizer=args.tokenizer, extract=args.extract,
-        save_generations=args.save_generations,
+        save_generations=args.save_generations, subset=args.subset,
     )
     log = (lambda msg: None) if args.quiet else (lambda msg: print(f"asap eval: {msg}", file=sys.stderr))
     try:
@@ -117,4 +122,11 @@ def format_summary(results: dict) -> str:
     extra = {k: v for k, v in results["pass_at_k"].items() if k != "pass@1"}
     if extra:
         line += "\n  " + ", ".join(f"{k} {100 * v:.2f}" for k, v in extra.items())
-    return line + f"\n  outcomes: {reasons}"
+    line += f"\n  outcomes: {reasons}"
+    if results.get("missing_tasks"):
+        line += f"\n  {len(results['missing_tasks'])} problems without a generation counted as failed"
+    subset = results.get("subset")
+    if subset:
+        line += (f"\n  SUBSET: {subset['n_problems']} of the benchmark's {subset['benchmark_problems']} problems "
+                 f"({', '.join(subset['selected_by'])}); not comparable with full-benchmark scores")
+    return line

@@ -4,18 +4,21 @@ a completion the way each benchmark's reference harness does.
 ==================  =======================================================================
 benchmark           file and how a completion is tested
 ==================  =======================================================================
-humaneval           HumanEval.jsonl(.gz): task_id, prompt, test, entry_point. Program: the
-                    extracted code as is (the prompt asks for the whole completed function)
-                    + test + ``check(entry_point)``; passed when it runs to its end.
+humaneval           HumanEval.jsonl(.gz): task_id, prompt, test, entry_point. Program, as the
+                    reference's: prompt + "\\n" + the extracted code + test +
+                    ``check(entry_point)``; passed when it runs to its end.
 humaneval_plus      HumanEvalPlus.jsonl(.gz) (EvalPlus): task_id, prompt, entry_point,
                     canonical_solution, base_input, plus_input, atol. The entry point is called
                     on every base and plus input; each output must equal the canonical
                     solution's (computed once per task, in the sandbox) under EvalPlus's rule
                     (exact, or np.allclose with atol; 1e-6 for float outputs when atol is 0;
-                    find_zero checked by the polynomial's value).
+                    find_zero checked by the polynomial's value). The program is prompt +
+                    "\\n" + the extracted code, as the reference's.
 leetcodedataset     LeetCodeDataset-*.jsonl(.gz): task_id, prompt (the imports prelude),
-                    query (model prompt; top level or under meta), test, entry_point. Program:
-                    prompt + code + test + ``check(entry_point)`` (the reference's order).
+                    problem_description and starter_code (top level or under meta; the model
+                    prompt is built from them as the reference's, not the dataset's query),
+                    test, entry_point. Program: prompt + "\\n" + code + test +
+                    ``check(entry_point)`` (the reference's).
 livecodebench       code_generation_lite: a directory with test.jsonl, test2.jsonl, ... or one
                     .jsonl. public_test_cases / private_test_cases (JSON, or the release's
                     base64 + zlib + pickle encoding), metadata.func_name. Functional tests call
@@ -48,17 +51,23 @@ __all__ = [
     "BENCHMARKS",
     "Benchmark",
     "HUMANEVAL_PROMPT",
+    "LEETCODE_PROMPT",
     "LCB_RELEASE_WINDOWS",
     "Problem",
     "get_benchmark",
     "read_rows",
 ]
 
-# The paper's HumanEval(+) prompt (PAPER.md, Evaluation).
+# The reference's user messages. HumanEval(+): the dataset's prompt inserted unstripped.
 HUMANEVAL_PROMPT = (
     "You will be given a competitive programming problem.\nPlease continue to complete the function. "
     "You are not allowed to modify the given code and do the completion only. Please return all "
     "completed function in a code block. Here is the given code to do completion:\n```python\n{prompt}\n```"
+)
+LEETCODE_PROMPT = (
+    "You will be given a competitive programming problem.\n{problem_description}\n\nYou will use the "
+    "following starter code to write the solution to the problem and enclose your code within "
+    "delimiters.\n```python\n{starter_code}\n```"
 )
 
 # LiveCodeBench's DeepSeek-R1 question template (lcb_runner/prompts/code_generation.py), without
@@ -170,6 +179,22 @@ def _calls_wall(timeout: float, n_calls: int, sample_timeout: float) -> float:
     return min(sample_timeout, timeout * (n_calls + 1) + 1.0)
 
 
+def _humaneval_prompt(row: dict) -> str:
+    # one pass, so braces in the dataset's prompt stay as they are
+    before, after = HUMANEVAL_PROMPT.split("{prompt}")
+    return before + row["prompt"] + after
+
+
+def _with_prompt(row: dict, code: str) -> str:
+    """The reference's program head: the dataset's prompt, a newline, the extracted code (so a
+    completion that relies on the prompt's imports, or writes only the body, still runs)."""
+    return row["prompt"] + "\n" + code
+
+
+def _checked(program: str, row: dict) -> str:
+    return program + "\n" + row["test"] + "\n" + f"check({row['entry_point']})\n"
+
+
 class HumanEval(Benchmark):
     name = "humaneval"
     aliases = ("he",)
@@ -180,13 +205,12 @@ class HumanEval(Benchmark):
         problems = []
         for i, row in enumerate(read_rows(path)):
             _require(row, ("task_id", "prompt", "test", "entry_point"), f"{path} row {i}")
-            problems.append(Problem(str(row["task_id"]), HUMANEVAL_PROMPT.format(prompt=row["prompt"].strip()), row))
+            problems.append(Problem(str(row["task_id"]), _humaneval_prompt(row), row))
         return _unique(problems, str(path))
 
     def job(self, problem, code, *, timeout, sample_timeout, prepared):
         row = problem.record
-        program = f"{code}\n\n{row['test']}\n\ncheck({row['entry_point']})\n"
-        return _script_job(program, timeout)
+        return _script_job(_checked(_with_prompt(row, code), row), timeout)
 
 
 class HumanEvalPlus(Benchmark):
@@ -200,7 +224,7 @@ class HumanEvalPlus(Benchmark):
         for i, row in enumerate(read_rows(path)):
             _require(row, ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input"),
                      f"{path} row {i}")
-            problems.append(Problem(str(row["task_id"]), HUMANEVAL_PROMPT.format(prompt=row["prompt"].strip()), row))
+            problems.append(Problem(str(row["task_id"]), _humaneval_prompt(row), row))
         return _unique(problems, str(path))
 
     @staticmethod
@@ -245,7 +269,8 @@ class HumanEvalPlus(Benchmark):
             config={"mode": "calls", "program": "program.py", "entry": row["entry_point"],
                     "inputs": "inputs.json", "expected": "expected.pkl", "expected_format": "pickle",
                     "compare": "evalplus", "atol": float(row.get("atol") or 0), "call_timeout_s": timeout},
-            files={"program.py": code, "inputs.json": json.dumps(inputs), "expected.pkl": expected},
+            files={"program.py": _with_prompt(row, code), "inputs.json": json.dumps(inputs),
+                   "expected.pkl": expected},
             wall_s=_calls_wall(timeout, len(inputs), sample_timeout),
         )
 
@@ -260,18 +285,22 @@ class LeetCodeDataset(Benchmark):
         problems = []
         for i, row in enumerate(read_rows(path)):
             _require(row, ("task_id", "prompt", "test", "entry_point"), f"{path} row {i}")
-            query = row.get("query")
-            if query is None and isinstance(row.get("meta"), dict):
-                query = row["meta"].get("query")
-            if query is None:
-                raise ValueError(f"{path} row {i}: no 'query' (top level or under 'meta') to prompt the model with")
-            problems.append(Problem(str(row["task_id"]), query, row))
+            meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+            fields = {}
+            for name in ("problem_description", "starter_code"):
+                value = row[name] if name in row else meta.get(name)
+                if not isinstance(value, str):
+                    raise ValueError(f"{path} row {i}: no {name!r} (top level or under 'meta') to build the "
+                                     "reference's prompt from")
+                fields[name] = value
+            before, middle, after = _split3(LEETCODE_PROMPT, "{problem_description}", "{starter_code}")
+            prompt = before + fields["problem_description"] + middle + fields["starter_code"] + after
+            problems.append(Problem(str(row["task_id"]), prompt, row))
         return _unique(problems, str(path))
 
     def job(self, problem, code, *, timeout, sample_timeout, prepared):
         row = problem.record
-        program = row["prompt"] + code + "\n" + row["test"] + "\n" + f"check({row['entry_point']})"
-        return _script_job(program, timeout)
+        return _script_job(_checked(_with_prompt(row, code), row), timeout)
 
 
 class _NoGlobalsUnpickler(pickle.Unpickler):
@@ -391,6 +420,12 @@ class LiveCodeBench(Benchmark):
             files={"program.py": program, "tests.json": json.dumps({"inputs": inputs, "outputs": outputs})},
             wall_s=wall,
         )
+
+
+def _split3(template: str, first: str, second: str) -> tuple[str, str, str]:
+    before, rest = template.split(first)
+    middle, after = rest.split(second)
+    return before, middle, after
 
 
 def _no_options(name: str, options: dict) -> None:

@@ -5,6 +5,13 @@ generation's own) is split into steps, every step's first token is scored in one
 ``prompt + "\\n<think>\\n" + "\\n\\n".join(steps)``, and the least surprising steps are dropped until
 the thinking fits the budget. Rows gain ``pruned_think``, ``step_surprisal``, ``kept_steps``,
 ``tokens_before``, ``tokens_after`` and ``messages`` (ready for SFT).
+
+As the reference: ``tokens_before`` is ``len(tokenizer.encode(thinking))`` of the whole stripped
+thinking (special tokens included), a ratio budget is ``int(ratio * tokens_before)``, and a
+thinking within the budget is written unchanged, byte for byte. Otherwise the budget test runs on
+the stripped steps (:func:`~asap_fast.stage2.pruning.prune_steps`), duplicates removed by index,
+and each kept step is written as its original paragraph (:func:`~asap_fast.core.traces.step_source_texts`;
+the reference writes it stripped), joined by "\\n\\n"; ``tokens_after`` counts the text written.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from collections.abc import Sequence
 
 from asap_fast.pipeline.engine import RowError, run_corpus
 from asap_fast.pipeline.records import Row
-from asap_fast.core.traces import TraceError, parse_trace, split_steps
+from asap_fast.core.traces import TraceError, parse_trace, split_steps, step_source_texts
 
 PROMPT_SUFFIX = "\n<think>\n"  # the paper's raw-text context: prompt, then the opened think block
 THINK_FIELDS = ("auto", "think", "coarse_think")
@@ -65,8 +72,8 @@ class FineStage:
         self.mode, self.steps_per_round, self.think_field, self.task = mode, steps_per_round, think_field, task
         self.tokens_scored = 0
 
-    def _prepare(self, record: dict) -> tuple[str, list[str], str]:
-        """(prefix, steps, answer) of one row, or RowError."""
+    def _prepare(self, record: dict) -> tuple[str, list[str], str, str]:
+        """(prefix, steps, answer, thinking) of one row, or RowError."""
         prompt = prompt_text(record["prompt"])
         kind = record.get("kind", "code") if self.task == "auto" else self.task
         try:
@@ -79,49 +86,57 @@ class FineStage:
         think = trace.think if field == "think" else record.get("coarse_think")
         if not isinstance(think, str):
             raise RowError(f"coarse_think must be str, not {type(think).__name__}")
+        think = think.strip()
         steps = split_steps(think)
         if not steps:
             raise RowError(f"no steps in {field}")
-        return prompt + PROMPT_SUFFIX, steps, trace.answer
+        return prompt + PROMPT_SUFFIX, steps, trace.answer, think
 
     def process(self, rows: Sequence[Row]) -> list:
         """Output record or RowError for each row, in order."""
-        from asap_fast.stage2.pruning import prune_steps_result
+        from asap_fast.stage2.pruning import prune_steps, thinking_budget
 
         results: list = [None] * len(rows)
         prepared = {}
         for i, row in enumerate(rows):
             try:
-                prefix, steps, answer = self._prepare(row.record)
+                prefix, steps, answer, thinking = self._prepare(row.record)
                 self.scorer.encode(prefix, steps)  # the context-length check, per row
             except (RowError, ValueError) as e:
                 results[i] = e if isinstance(e, RowError) else RowError(str(e))
                 continue
-            prepared[i] = (prefix, steps, answer)
-        if self.mode == "global":
-            order = list(prepared)
-            scores = self.scorer.score_batch([prepared[i][:2] for i in order])
-            outcomes = {}
-            for i, surprisal in zip(order, scores):
-                outcomes[i] = prune_steps_result(prepared[i][1], surprisal, self.scorer.tokenizer,
-                                                 max_tokens=self.max_tokens, ratio=self.ratio)
-        else:
-            outcomes = {i: self.scorer.prune(prefix, steps, max_tokens=self.max_tokens, ratio=self.ratio,
-                                             mode="iterative", steps_per_round=self.steps_per_round)
-                        for i, (prefix, steps, _) in prepared.items()}
-        for i, outcome in outcomes.items():
+            prepared[i] = (prefix, steps, answer, thinking)
+        tokenizer = self.scorer.tokenizer
+        budgets = {i: thinking_budget(tokenizer, prepared[i][3], max_tokens=self.max_tokens, ratio=self.ratio)
+                   for i in prepared}
+        # Global mode scores every row in one batch; iterative mode scores the rows that fit here
+        # (for step_surprisal) and the others inside its own loop.
+        batched = [i for i in prepared if self.mode == "global" or budgets[i][0] <= budgets[i][1]]
+        scores = dict(zip(batched, self.scorer.score_batch([prepared[i][:2] for i in batched])))
+        for i, (prefix, steps, answer, thinking) in prepared.items():
             record = rows[i].record
-            _, steps, answer = prepared[i]
-            pruned = "\n\n".join(steps[k] for k in outcome.kept)
-            self.tokens_scored += outcome.tokens_before
+            tokens_before, budget = budgets[i]
+            if tokens_before <= budget:  # the reference's early exit: the thinking as it is
+                kept, surprisal, pruned, tokens_after = list(range(len(steps))), scores[i], thinking, tokens_before
+            else:
+                if self.mode == "global":
+                    kept, surprisal = prune_steps(steps, scores[i], tokenizer, max_tokens=budget), scores[i]
+                else:
+                    outcome = self.scorer.prune(prefix, steps, max_tokens=budget, mode="iterative",
+                                                steps_per_round=self.steps_per_round)
+                    kept, surprisal = outcome.kept, outcome.surprisal
+                originals = step_source_texts(thinking)
+                pruned = "\n\n".join(originals[k] for k in kept)
+                tokens_after = len(tokenizer.encode(pruned))
+            self.tokens_scored += tokens_before
             results[i] = {
                 **record,
                 "pruned_think": pruned,
                 # inf (a step with nothing before it) is not JSON: written as null
-                "step_surprisal": [s if math.isfinite(s) else None for s in outcome.surprisal],
-                "kept_steps": list(outcome.kept),
-                "tokens_before": outcome.tokens_before,
-                "tokens_after": outcome.tokens_after,
+                "step_surprisal": [s if math.isfinite(s) else None for s in surprisal],
+                "kept_steps": list(kept),
+                "tokens_before": tokens_before,
+                "tokens_after": tokens_after,
                 "messages": sft_messages(record["prompt"], pruned, answer),
             }
         return results
