@@ -83,3 +83,17 @@ def test_extract_code(generation, expected):
 def test_extract_code_rejects_non_strings():
     with pytest.raises(TypeError):
         extract_code(None)
+
+
+def test_summarize_is_over_every_problem():
+    from asap_fast.evaluation.score import SampleResult, summarize
+
+    results = [SampleResult("a", 0, True, "passed"), SampleResult("b", 0, False, "failed"),
+               SampleResult("b", 1, True, "passed")]
+    summary = summarize(results, task_ids=["a", "b", "c", "d"])
+    assert summary["pass_at_1"] == pytest.approx((1 + 0.5 + 0 + 0) / 4)
+    assert summary["missing_tasks"] == ["c", "d"] and summary["n_problems"] == 4
+    assert summarize(results, n_problems=4)["pass_at_1"] == pytest.approx(1.5 / 4)
+    assert summarize([], task_ids=["a"])["pass_at_1"] == 0.0  # nothing generated: 0, never "n/a" or 100%
+    with pytest.raises(ValueError, match="outside task_ids"):
+        summarize(results, task_ids=["a"])
