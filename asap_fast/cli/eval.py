@@ -15,13 +15,15 @@ def add_eval(subparsers) -> None:
         "eval",
         help="generate on a code benchmark, run the code in a sandbox, report Pass@1, tokens and latency",
         description=(
-            "Evaluate a model the way the paper does: greedy generation with the benchmark's prompt "
-            "(the chat template's generation prompt followed by '<think>\\n'), the first ```python "
-            "block after </think> as the answer, executed with the benchmark's tests in a sandbox "
+            "Evaluate a model the way the paper's code does: greedy generation with the benchmark's "
+            "prompt (the chat template, then '<｜Assistant｜><think>\\n'), the first python block "
+            "(```python, ```Python or ```, closed) after </think> as the answer (the raw output when there "
+            "is none), executed with the benchmark's tests in a sandbox "
             "(own process, temporary directory, namespaces, resource limits, no network). With "
             f"--model it generates and scores; with --generations it only scores. Benchmarks: {names}. "
-            "Writes OUT (JSON: pass_at_1, pass_at_k, avg_tokens, latency_s, per-sample results in "
-            "input order, config) and, when generating, the generations next to it."
+            "Writes OUT (JSON: pass_at_1 over every problem of the benchmark, a problem without a "
+            "generation counting as failed; pass_at_k, avg_tokens, latency_s, missing_tasks, subset, "
+            "per-sample results in input order, config) and, when generating, the generations next to it."
         ),
     )
     io = p.add_argument_group("data")
@@ -36,7 +38,7 @@ def add_eval(subparsers) -> None:
     io.add_argument("--save-generations", metavar="PATH", default=None,
                     help="where --model writes its generations (default: OUT without .json + .generations.jsonl)")
     io.add_argument("--no-extract", dest="extract", action="store_false",
-                    help="the completions are code already (do not look for a ```python block)")
+                    help="the completions are code already (do not look for a python block)")
     io.add_argument("--tokenizer", default=None, metavar="PATH",
                     help="with --generations: count tokens of completions that have no num_tokens")
     io.add_argument("--limit", type=int, default=None,
