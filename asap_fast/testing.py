@@ -301,11 +301,13 @@ def trace_case(record: dict, *, max_chars: int | None = None, max_prompt_chars: 
     their contents joined by "\\n"; the prompt cut to its last
     ``max_prompt_chars`` characters); steps = split_steps(think), truncated to the longest run of
     leading steps whose "\\n\\n" join has at most ``max_chars`` characters (at least one step).
-    Raises TraceError for a generation without <think> ... </think>.
+    Raises TraceError for a generation without <think> ... </think> or with an empty thinking.
     """
-    from asap_fast.core.traces import parse_trace, split_steps
+    from asap_fast.core.traces import TraceError, parse_trace, split_steps
 
     trace = parse_trace(record["generation"], require_code=False)
+    if not trace.think:  # parse_trace accepts it, as the reference does; stage 2 has nothing to score
+        raise TraceError("empty thinking between <think> and </think>")
     prompt = record.get("prompt") or ""
     if isinstance(prompt, list):  # a few records carry chat messages; their contents, in order
         prompt = "\n".join(m.get("content", "") if isinstance(m, dict) else str(m) for m in prompt)

@@ -39,6 +39,8 @@ def load_pairs(path: Path, limit: int | None, seed: int) -> list[tuple[str, str]
                 think = af.parse_trace(json.loads(line)["generation"], require_code=False).think
             except af.TraceError:
                 continue
+            if not think:  # nothing for stage 1 to compress (stage 1b rejects it)
+                continue
             # A mix like real LLM output: some compressions keep paragraphs verbatim, some edit
             # words, some invent a paragraph (which the check must reject).
             compressed = simulate_compression(

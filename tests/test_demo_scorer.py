@@ -59,6 +59,8 @@ def heldout(cot_traces):
             think = af.parse_trace(r["generation"], require_code=False).think
         except af.TraceError:
             continue
+        if not think:  # as the training script: an empty thinking has nothing to score
+            continue
         rows.append({"id": str(r["id"]), "prefix": _prompt_text(r.get("prompt")) + "\n<think>\n", "think": think})
     return rows
 

@@ -38,15 +38,36 @@ def pass_at_1(bench, problems, samples, **kw) -> tuple[float, list]:
 # ------------------------------------------------------------------------------------- HumanEval
 
 
+# The reference's user messages, restated from its facts (not from our constants).
+REFERENCE_HUMANEVAL = (
+    "You will be given a competitive programming problem.\nPlease continue to complete the function. You are "
+    "not allowed to modify the given code and do the completion only. Please return all completed function in "
+    "a code block. Here is the given code to do completion:\n```python\n{prompt}\n```"
+)
+REFERENCE_LEETCODE = (
+    "You will be given a competitive programming problem.\n{problem_description}\n\nYou will use the following "
+    "starter code to write the solution to the problem and enclose your code within delimiters.\n```python\n"
+    "{starter_code}\n```"
+)
+
+
+@pytest.mark.parametrize("name, file", [("humaneval", "humaneval.jsonl"), ("humaneval_plus", "humanevalplus.jsonl")])
+def test_humaneval_prompts_are_the_references_bytes(name, file):
+    bench = get_benchmark(name)
+    problems = bench.load(FIXTURES / file)
+    for p in problems:
+        # the dataset's prompt unstripped: its trailing newline stays before the closing fence
+        assert p.prompt == REFERENCE_HUMANEVAL.format(prompt=p.record["prompt"])
+        assert p.record["prompt"].endswith("\n") and p.prompt.endswith(p.record["prompt"] + "\n```")
+    assert HUMANEVAL_PROMPT == REFERENCE_HUMANEVAL
+    assert bench.max_new_tokens == 6144
+
+
 def test_humaneval_loader_and_prompt():
     bench = get_benchmark("humaneval")
     problems = bench.load(FIXTURES / "humaneval.jsonl")
     assert [p.task_id for p in problems] == ["Fixture/0", "Fixture/1", "Fixture/2"]
-    row = problems[0].record
-    assert problems[0].prompt == HUMANEVAL_PROMPT.format(prompt=row["prompt"].strip())
     assert problems[0].prompt.startswith("You will be given a competitive programming problem.\nPlease continue")
-    assert problems[0].prompt.endswith("```python\n" + row["prompt"].strip() + "\n```")
-    assert bench.max_new_tokens == 6144
 
 
 def test_humaneval_loader_reads_gzip(tmp_path):
@@ -77,6 +98,7 @@ def test_humaneval_exact_pass_at_1():
     score, results = pass_at_1(bench, problems, wrong)
     assert score == 0.0
     assert [r.reason for r in results] == ["failed", "failed", "no code"]
+    assert "the raw output was executed" in results[2].detail
     mixed = correct[:2] + wrong[2:]
     assert pass_at_1(bench, problems, mixed)[0] == pytest.approx(2 / 3)
 
@@ -92,6 +114,20 @@ def test_humaneval_program_is_prompt_then_code():
     broken = "def running_max(numbers: Lisst[int]) -> List[int]:\n    return numbers"
     [result] = score_samples(bench, problems, [Sample("Fixture/1", answer(broken))], workers=1)
     assert result.reason == "error" and "NameError" in result.detail
+@pytest.mark.parametrize("name, file", [("humaneval", "humaneval.jsonl"), ("humaneval_plus", "humanevalplus.jsonl")])
+def test_humaneval_program_starts_with_the_prompt(name, file):
+    """The reference runs prompt + "\\n" + the extracted code: code that relies on the prompt's
+    imports passes, and so does a body-only completion whose indentation the block keeps."""
+    bench = get_benchmark(name)
+    problems = bench.load(FIXTURES / file)
+    solution = "    result, best = [], None\n    for x in numbers:\n        best = x if best is None else max(best, x)\n" \
+               "        result.append(best)\n    return result"
+    samples = [
+        Sample("Fixture/1", answer("def running_max(numbers: List[int]) -> List[int]:\n" + solution)),
+        Sample("Fixture/1", "<think>\nok\n</think>\n```Python\n" + solution + "\n```"),  # the body only
+    ]
+    results = score_samples(bench, problems, samples, workers=1)
+    assert [r.reason for r in results] == ["passed", "passed"], [r.detail for r in results]
 
 
 # ------------------------------------------------------------------------------------ HumanEval+
@@ -145,13 +181,26 @@ def test_humaneval_plus_per_call_timeout():
 # ------------------------------------------------------------------------------- LeetCodeDataset
 
 
-def test_leetcodedataset_loader_reads_query_top_level_or_meta():
+def test_leetcodedataset_prompt_is_the_references_bytes():
     bench = get_benchmark("leetcodedataset")
     problems = bench.load(FIXTURES / "leetcodedataset.jsonl")
     assert [p.task_id for p in problems] == ["two-sum", "add-digits"]
-    assert problems[0].prompt == problems[0].record["query"]
-    assert problems[1].prompt == problems[1].record["meta"]["query"]
+    top, meta = problems[0].record, problems[1].record["meta"]
+    assert problems[0].prompt == REFERENCE_LEETCODE.format(problem_description=top["problem_description"],
+                                                           starter_code=top["starter_code"])
+    assert problems[1].prompt == REFERENCE_LEETCODE.format(problem_description=meta["problem_description"],
+                                                           starter_code=meta["starter_code"])
+    assert problems[0].prompt != top["query"]  # the reference does not use the dataset's query
     assert bench.max_new_tokens == 10240
+
+
+def test_leetcodedataset_needs_the_prompt_fields(tmp_path):
+    row = json.loads((FIXTURES / "leetcodedataset.jsonl").read_text().splitlines()[0])
+    del row["starter_code"]
+    bad = tmp_path / "lcd.jsonl"
+    bad.write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match="no 'starter_code'"):
+        get_benchmark("leetcodedataset").load(bad)
 
 
 def test_leetcodedataset_exact_pass_at_1():

@@ -63,6 +63,48 @@ def test_eval_scores_generations(tmp_path, capsys):
     assert "Pass@1 83.33" in capsys.readouterr().err
 
 
+def test_eval_fences_and_partial_generations_score_as_the_reference(tmp_path, capsys):
+    """Plain and ```Python fences count; an unclosed block does not (the raw output runs and
+    fails); a problem without a generation counts as failed, so a partial file never scores 100%."""
+    rows = {json.loads(line)["task_id"]: json.loads(line) for line in (FIXTURES / "humaneval.jsonl").read_text().splitlines()}
+
+    def solution(task):
+        return rows[task]["prompt"] + rows[task]["canonical_solution"]
+
+    gens = write_jsonl(tmp_path / "gens.jsonl", [
+        {"task_id": "Fixture/0", "completion": "<think>\nok\n</think>\n```\n" + solution("Fixture/0") + "```"},
+        {"task_id": "Fixture/1", "completion": "<think>\nok\n</think>\n```Python\n" + solution("Fixture/1") + "```"},
+    ])
+    data = ["--benchmark", "humaneval", "--data", str(FIXTURES / "humaneval.jsonl"), "--workers", "2"]
+    out = tmp_path / "full.json"
+    assert asap(["eval", *data, "--generations", str(gens), "--out", str(out)]) == 0
+    full = json.loads(out.read_text())
+    assert full["pass_at_1"] == pytest.approx(2 / 3)  # over all 3 problems: Fixture/2 has no generation
+    assert full["missing_tasks"] == ["Fixture/2"] and full["n_problems"] == 3 and full["subset"] is None
+    assert "1 problems without a generation counted as failed" in capsys.readouterr().err
+
+    out = tmp_path / "subset.json"
+    assert asap(["eval", *data, "--generations", str(gens), "--out", str(out), "--subset"]) == 0
+    subset = json.loads(out.read_text())
+    assert subset["pass_at_1"] == 1.0 and subset["n_problems"] == 2 and subset["missing_tasks"] == []
+    assert subset["subset"] == {"selected_by": ["--subset (the problems with a generation)"], "n_problems": 2,
+                                "benchmark_problems": 3, "task_ids": ["Fixture/0", "Fixture/1"]}
+    assert "SUBSET: 2 of the benchmark's 3 problems" in capsys.readouterr().err
+
+    out = tmp_path / "limit.json"
+    assert asap(["eval", *data, "--generations", str(gens), "--out", str(out), "--limit", "1"]) == 0
+    limited = json.loads(out.read_text())
+    assert limited["pass_at_1"] == 1.0 and limited["subset"]["selected_by"] == ["--limit 1"]
+
+    unclosed = write_jsonl(tmp_path / "unclosed.jsonl", [
+        {"task_id": "Fixture/0", "completion": "<think>\nok\n</think>\n```python\n" + solution("Fixture/0")},
+    ])
+    out = tmp_path / "unclosed.json"
+    assert asap(["eval", *data, "--generations", str(unclosed), "--out", str(out), "--subset"]) == 0
+    [result] = json.loads(out.read_text())["results"]
+    assert result["passed"] is False and result["reason"] == "no code"
+
+
 def test_eval_livecodebench_release_and_no_extract(tmp_path):
     gens = [
         {"task_id": "3000", "completion": "class Solution:\n    def sumOf(self, nums):\n        return sum(nums)"},

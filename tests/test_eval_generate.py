@@ -53,6 +53,24 @@ def test_build_prompt_with_chat_template(template, expected_tail):
     assert text.count("<think>") == 1
 
 
+@pytest.mark.parametrize("generation_prompt", ["<｜Assistant｜><think>\\n", "<｜Assistant｜>"])
+def test_build_prompt_is_the_references_bytes_for_r1_templates(generation_prompt):
+    """The reference: the user message, the chat template without a generation prompt, then
+    "<｜Assistant｜><think>\\n" appended (both revisions of R1's template give the same text)."""
+    from asap_fast.sft.data import R1_CHAT_TEMPLATE
+
+    tok = tiny_tokenizer()
+    tok.add_tokens(["<｜begin▁of▁sentence｜>"], special_tokens=True)
+    tok.bos_token = "<｜begin▁of▁sentence｜>"
+    tok.chat_template = R1_CHAT_TEMPLATE.replace("<｜Assistant｜><think>\\n'}}{% endif %}",
+                                                 generation_prompt + "'}}{% endif %}")
+    assert generation_prompt in tok.chat_template
+    user = "You will be given a competitive programming problem.\n  def f():\n"
+    plain = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=False)
+    assert build_prompt(tok, user) == plain + "<｜Assistant｜><think>\n"
+    assert build_prompt(tok, user) == "<｜begin▁of▁sentence｜><｜User｜>" + user + "<｜Assistant｜><think>\n"
+
+
 def test_hf_backend_generates_batched_greedy(tiny):
     model, tok = tiny
     prompts = [build_prompt(tok, p) for p in ("Add two numbers.", "A much longer problem statement, " * 3, "x")]

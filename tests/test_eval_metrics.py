@@ -58,17 +58,21 @@ def test_percentile_matches_numpy():
 @pytest.mark.parametrize(
     "generation, expected",
     [
-        # the first ```python block after </think>, not the drafts inside the thinking
-        ("<think>\n```python\ndraft()\n```\n</think>\nok\n```python\nfinal()\n```\n```python\nlater()\n```", "final()"),
+        # the first block after </think>, not the drafts inside the thinking; as captured
+        ("<think>\n```python\ndraft()\n```\n</think>\nok\n```python\nfinal()\n```\n```python\nlater()\n```", "final()\n"),
         # no </think> (ran out of tokens while thinking): the first block anywhere
-        ("<think>\nhmm\n```python\ndraft()\n```\nand more", "draft()"),
+        ("<think>\nhmm\n```python\ndraft()\n```\nand more", "draft()\n"),
+        # two </think>: not two parts, so the first block anywhere
+        ("<think>\n```python\ndraft()\n```\n</think>x</think>\n```python\nfinal()\n```", "draft()\n"),
         # </think> but no block after it: no code (the drafts in the thinking do not count)
         ("<think>\n```python\ndraft()\n```\n</think>\nno code here", None),
-        # an unclosed block runs to the end
-        ("</think>\n```python\nx = 1\ny = 2", "x = 1\ny = 2"),
-        # only ```python fences count
-        ("</think>\n```\nplain()\n```", None),
-        ("</think>\n```python\n\n```", None),
+        # an unclosed block is no block
+        ("</think>\n```python\nx = 1\ny = 2", None),
+        # plain and capitalised fences count; indentation survives
+        ("</think>\n```\nplain()\n```", "plain()\n"),
+        ("</think>\n```Python\n    return 1\n```", "    return 1\n"),
+        ("</think>\n```cpp\nint main(){}\n```", None),
+        ("</think>\n```python\n```", ""),
         ("", None),
     ],
 )
@@ -79,3 +83,17 @@ def test_extract_code(generation, expected):
 def test_extract_code_rejects_non_strings():
     with pytest.raises(TypeError):
         extract_code(None)
+
+
+def test_summarize_is_over_every_problem():
+    from asap_fast.evaluation.score import SampleResult, summarize
+
+    results = [SampleResult("a", 0, True, "passed"), SampleResult("b", 0, False, "failed"),
+               SampleResult("b", 1, True, "passed")]
+    summary = summarize(results, task_ids=["a", "b", "c", "d"])
+    assert summary["pass_at_1"] == pytest.approx((1 + 0.5 + 0 + 0) / 4)
+    assert summary["missing_tasks"] == ["c", "d"] and summary["n_problems"] == 4
+    assert summarize(results, n_problems=4)["pass_at_1"] == pytest.approx(1.5 / 4)
+    assert summarize([], task_ids=["a"])["pass_at_1"] == 0.0  # nothing generated: 0, never "n/a" or 100%
+    with pytest.raises(ValueError, match="outside task_ids"):
+        summarize(results, task_ids=["a"])

@@ -92,15 +92,17 @@ def test_row_kind():
         row_kind({"kind": "poem"}, "auto")
 
 
-def test_question_text():
-    assert question_text({"prompt": " Q \n"}) == "Q"
+def test_question_text_is_the_prompt_as_it_is():
+    # the reference inserts the question unstripped, an empty one too
+    assert question_text({"prompt": " Q \n"}) == " Q \n"
+    assert question_text({"prompt": ""}) == ""
     assert question_text({"prompt": [{"role": "user", "content": "A"}, {"role": "user", "content": "B"}]}) == "A\nB"
-    with pytest.raises(ValueError, match="empty prompt"):
-        question_text({"prompt": "  "})
+    with pytest.raises(ValueError, match="prompt must be a string"):
+        question_text({"prompt": None})
 
 
 def test_direct_answer_choices():
-    assert direct_answer({"generation": GENERATION}, "code") == "print(1)"
+    assert direct_answer({"generation": GENERATION}, "code") == "print(1)\n"  # as captured
     assert direct_answer({"generation": GENERATION, "answer": "9"}, "math").startswith("Explained.")
     bare = "<think>\nSo x = 4.\n</think>\n"
     assert direct_answer({"generation": bare, "answer": 4}, "math") == "4"

@@ -262,9 +262,13 @@ def test_length_drop_counting_is_exact(workspace, tmp_path):
     tok = load_tok(workspace)
     rows = workspace["long_rows"]
     lengths = {r["id"]: len(encode_messages(r["messages"], tok).input_ids) for r in rows}
-    limit = sorted(lengths.values())[len(lengths) // 2]  # a sample exactly at the limit is kept
-    expect_kept = sorted(n for n in lengths.values() if n <= limit)
-    expect_dropped = [i for i, n in lengths.items() if n > limit]
+    # The reference keeps a sample when the length it measures is below the limit, strictly; it
+    # measures the templated text with the tokenizer's default special tokens added once more (this
+    # tokenizer adds none, so its count is ours): a sample exactly at the limit is dropped.
+    assert len(tok("x")["input_ids"]) == len(tok("x", add_special_tokens=False)["input_ids"])
+    limit = sorted(lengths.values())[len(lengths) // 2]
+    expect_kept = sorted(n for n in lengths.values() if n < limit)
+    expect_dropped = [i for i, n in lengths.items() if n >= limit]
     assert expect_dropped and len(set(lengths.values())) == len(lengths)
 
     prepared = prepare_examples(((r["id"], r["messages"]) for r in rows), tok, max_length=limit)
@@ -279,6 +283,18 @@ def test_length_drop_counting_is_exact(workspace, tmp_path):
                                                        f"max_length={limit}")))
     assert sorted(len(ids) for ids in run.trainer.train_dataset["input_ids"]) == expect_kept
     assert run.prepared.dropped_too_long == len(expect_dropped)
+
+
+def test_length_filter_counts_the_references_extra_bos():
+    """R1's tokenizer adds a BOS to every text; the reference tokenizes the templated text (which
+    already starts with BOS) that way, so its count is ours + 1, and it keeps count < max_length."""
+    from asap_fast.sft.data import default_special_tokens, keeps_sample
+
+    with_bos = tiny_tokenizer(bos=True)
+    assert default_special_tokens(with_bos) == 1 and default_special_tokens(tiny_tokenizer()) == 0
+    assert [keeps_sample(n, 100, 1) for n in (97, 98, 99, 100)] == [True, True, False, False]
+    assert [keeps_sample(n, 100, 0) for n in (98, 99, 100)] == [True, True, False]
+    assert keeps_sample(10**9, None, 1)
 
 
 def test_prompt_completion_split_for_other_templates(workspace):
@@ -489,7 +505,7 @@ def _bad_inputs(ws, tmp: Path) -> dict[str, tuple[list[str], str]]:
         "not a model dir": ([f"model_name_or_path={not_a_model}"], "no config.json"),
         "no tokenizer": ([f"model_name_or_path={no_tokenizer}"], "no tokenizer files"),
         "no weights": ([f"model_name_or_path={no_weights}"], "could not load the model"),
-        "all too long": (["max_length=8"], "longer than max_length=8"),
+        "all too long": (["max_length=8"], "too long for max_length=8"),
         "bad type": (["num_train_epochs=ten"], "num_train_epochs must be float"),
         "not key=value": (["learning_rate"], "not KEY=VALUE"),
         "unknown lora key": (["lora.rank=4"], "unknown lora key"),

@@ -49,11 +49,18 @@ def test_fine_on_sample_corpus_matches_the_reference_rule(tmp_path, model_dir):
         prompt = row["prompt"] if isinstance(row["prompt"], str) else "\n".join(m["content"] for m in row["prompt"])
         expected = first_token_surprisal(model, tokenizer, prompt + "\n<think>\n", steps)
         assert row["step_surprisal"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
+        # the reference: the whole thinking counted (special tokens included); within the budget it
+        # is written as it is, else the rule runs on the stripped steps and the kept ones are
+        # written as their original paragraphs
+        thinking = row["generation"].split("<think>", 1)[1].split("</think>", 1)[0].strip()
+        assert row["tokens_before"] == len(tokenizer.encode(thinking))
+        if row["tokens_before"] <= 300:
+            assert row["pruned_think"] == thinking and row["kept_steps"] == list(range(len(steps)))
+            continue
         kept = prune_steps_ref(steps, row["step_surprisal"], tokenizer, max_tokens=300)
         assert row["kept_steps"] == kept
-        assert row["pruned_think"] == "\n\n".join(steps[k] for k in kept)
-        assert row["tokens_after"] <= 300 and kept and row["pruned_think"]
-        assert row["tokens_before"] == len(tokenizer.encode("\n\n".join(steps)))
+        assert af.split_steps(row["pruned_think"]) == [steps[k] for k in kept]
+        assert row["tokens_after"] == len(tokenizer.encode(row["pruned_think"])) and kept and row["pruned_think"]
         question = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
         assert row["messages"] == question + [
             {"role": "assistant", "content": "<think>\n" + row["pruned_think"] + "\n</think>\n" + trace.answer},
@@ -89,8 +96,12 @@ def test_fine_iterative_mode_runs(tmp_path, model_dir):
     src = tmp_path / "in.jsonl"
     src.write_text("".join(line + "\n" for line in EXAMPLES.read_text().splitlines()[:2]))
     asap("fine", src, out, "--model", model_dir, "--mode", "iterative", "--steps-per-round", "4", "--ratio", "0.7")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     for row in map(json.loads, out.read_text().splitlines()):
-        assert row["tokens_after"] <= int(0.7 * row["tokens_before"])
+        steps = af.split_steps(row["pruned_think"])  # the budget test is on the stripped kept steps
+        assert len(tokenizer.encode("\n\n".join(steps))) <= int(0.7 * row["tokens_before"])
 
 
 def test_fine_bad_model_path_is_a_clear_error(tmp_path):

@@ -18,15 +18,17 @@ def add(subparsers) -> None:
         help="generate on a code or math benchmark, check the answers (code in a sandbox, math with "
              "math-verify), report Pass@1, tokens and latency",
         description=(
-            "Evaluate a model the way the paper does: greedy generation with the benchmark's prompt "
-            "(the chat template's generation prompt followed by '<think>\\n'), the first ```python "
-            "block after </think> as the answer, executed with the benchmark's tests in a sandbox "
+            "Evaluate a model the way the paper's code does: greedy generation with the benchmark's "
+            "prompt (the chat template, then '<｜Assistant｜><think>\\n'), the first python block "
+            "(```python, ```Python or ```, closed) after </think> as the answer (the raw output when there "
+            "is none), executed with the benchmark's tests in a sandbox "
             "(own process, temporary directory, namespaces, resource limits, no network). "
             "Math benchmarks (gsm8k, math500, aime) take the last \\boxed{...} of the completion as the answer "
             "and compare it with the reference with math-verify. With "
             f"--model it generates and scores; with --generations it only scores. Benchmarks: {names}. "
-            "Writes OUT (JSON: pass_at_1, pass_at_k, avg_tokens, latency_s, per-sample results in "
-            "input order, config) and, when generating, the generations next to it."
+            "Writes OUT (JSON: pass_at_1 over every problem of the benchmark, a problem without a "
+            "generation counting as failed; pass_at_k, avg_tokens, latency_s, missing_tasks, subset, "
+            "per-sample results in input order, config) and, when generating, the generations next to it."
         ),
     )
     io = p.add_argument_group("data")
@@ -41,10 +43,15 @@ def add(subparsers) -> None:
     io.add_argument("--save-generations", metavar="PATH", default=None,
                     help="where --model writes its generations (default: OUT without .json + .generations.jsonl)")
     io.add_argument("--no-extract", dest="extract", action="store_false",
-                    help="the completions are code already (do not look for a ```python block)")
+                    help="the completions are code already (do not look for a python block)")
     io.add_argument("--tokenizer", default=None, metavar="PATH",
                     help="with --generations: count tokens of completions that have no num_tokens")
-    io.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    io.add_argument("--limit", type=int, default=None,
+                    help="only the first N problems (the results record the run as a subset)")
+    io.add_argument("--subset", action="store_true",
+                    help="with --generations: score only the problems that have a generation, and record the "
+                         "run as a subset with their task ids (default: Pass@1 over every problem of the "
+                         "benchmark, a problem without a generation counting as failed, as in the reference)")
     io.add_argument("--release", default=None,
                     help="livecodebench release: release_vN, release_latest, vN or vA_vB (e.g. v1_v3, v4_v5); "
                          "by file for a directory, by contest-date window for a single file")
@@ -106,7 +113,7 @@ def run(args) -> int:
         max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
         trust_remote_code=args.trust_remote_code, tokenizer=args.tokenizer, extract=args.extract,
         save_generations=args.save_generations, tokenskip_ratio=args.tokenskip_ratio,
-        tokenskip_separator=args.tokenskip_separator,
+        tokenskip_separator=args.tokenskip_separator, subset=args.subset,
     )
     log = (lambda msg: None) if args.quiet else (lambda msg: print(f"asap eval: {msg}", file=sys.stderr))
     try:
@@ -132,4 +139,11 @@ def format_summary(results: dict) -> str:
     extra = {k: v for k, v in results["pass_at_k"].items() if k != "pass@1"}
     if extra:
         line += "\n  " + ", ".join(f"{k} {100 * v:.2f}" for k, v in extra.items())
-    return line + f"\n  outcomes: {reasons}"
+    line += f"\n  outcomes: {reasons}"
+    if results.get("missing_tasks"):
+        line += f"\n  {len(results['missing_tasks'])} problems without a generation counted as failed"
+    subset = results.get("subset")
+    if subset:
+        line += (f"\n  SUBSET: {subset['n_problems']} of the benchmark's {subset['benchmark_problems']} problems "
+                 f"({', '.join(subset['selected_by'])}); not comparable with full-benchmark scores")
+    return line

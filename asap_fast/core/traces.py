@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import asap_fast._core as _core
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
-PYTHON_FENCE = "```python"
-FENCE = "```"
+
+# The reference's python block rule, the one rule for a trace's validity, stage 1a's answer code
+# and evaluation: three backticks, optionally "python" in any letter case, a newline, then the
+# shortest text up to the next three backticks. A plain ``` fence counts, an unclosed block does not.
+PYTHON_BLOCK = re.compile(r"```(?:python)?\n(.*?)```", re.DOTALL | re.IGNORECASE)
 
 
 class TraceError(ValueError):
@@ -20,10 +24,11 @@ class TraceError(ValueError):
 class Trace:
     """One parsed generation.
 
-    think:  the text between <think> and </think>, stripped.
-    answer: everything after </think>, stripped (explanation and code block as written).
-    code:   the body of the first ```python block after </think>, or None when there is none
-            (only possible with ``require_code=False``).
+    think:  the text between the first <think> and the first </think>, stripped (may be empty).
+    answer: everything after the first </think>, stripped (explanation and code block as written).
+    code:   the first python block (:data:`PYTHON_BLOCK`) in the text after </think> (up to a
+            second </think> when there is one), as captured: not stripped, its final newline
+            included; None when there is none (only possible with ``require_code=False``).
     """
 
     think: str
@@ -34,11 +39,12 @@ class Trace:
 def parse_trace(generation: str, *, require_code: bool = True) -> Trace:
     """Split a model generation ``"<think>\\n...\\n</think>\\n\\n...```python\\n<code>\\n```"``.
 
-    The reference's validity rule (open-r1/codeforces-cots): the generation has <think>, a later
-    </think>, and, for code traces, a ```python block after </think>; the answer code is the first
-    such block. An empty thinking has nothing to compress and is an error too. Raises TraceError
-    with a one-line reason otherwise. Math traces pass
-    ``require_code=False``.
+    The reference's validity rule: the generation has <think> and </think>, and, for code traces,
+    a python block (:data:`PYTHON_BLOCK`) in the text after the first </think> (the part between
+    the first and a second </think> when there are two). Raises TraceError with a one-line reason
+    otherwise, and when </think> comes before <think> (the thinking is then undefined). An empty
+    thinking is valid here, as in the reference; the stages that compress it reject it. Math
+    traces pass ``require_code=False``.
     """
     if not isinstance(generation, str):
         raise TraceError(f"generation must be str, not {type(generation).__name__}")
@@ -51,23 +57,18 @@ def parse_trace(generation: str, *, require_code: bool = True) -> Trace:
     if close_at < open_at:
         raise TraceError("</think> comes before <think>")
     think = generation[open_at + len(THINK_OPEN) : close_at].strip()
-    if not think:
-        raise TraceError("empty thinking between <think> and </think>")
-    answer = generation[close_at + len(THINK_CLOSE) :].strip()
-    code = first_python_block(answer)
+    after = generation[close_at + len(THINK_CLOSE) :]
+    second_close = after.find(THINK_CLOSE)
+    code = first_python_block(after if second_close < 0 else after[:second_close])
     if code is None and require_code:
-        raise TraceError("no ```python block after </think>")
-    return Trace(think=think, answer=answer, code=code)
+        raise TraceError("no ```python block after </think> (```python, ```Python or a plain ```, closed)")
+    return Trace(think=think, answer=after.strip(), code=code)
 
 
 def first_python_block(text: str) -> str | None:
-    """Body of the first ```python fenced block in text (to the next ``` or the end), stripped."""
-    start = text.find(PYTHON_FENCE)
-    if start < 0:
-        return None
-    body_start = start + len(PYTHON_FENCE)
-    end = text.find(FENCE, body_start)
-    return text[body_start : end if end >= 0 else len(text)].strip()
+    """The first python block of text (:data:`PYTHON_BLOCK`) as captured, or None."""
+    match = PYTHON_BLOCK.search(text)
+    return match.group(1) if match else None
 
 
 def split_steps(text: str) -> list[str]:
@@ -78,6 +79,24 @@ def split_steps(text: str) -> list[str]:
 def split_step_spans(text: str) -> list[tuple[int, int]]:
     """(start, end) offsets of each step of ``split_steps(text)``: ``text[start:end]`` is the step."""
     return _core.split_step_spans(text)
+
+
+def step_source_texts(text: str) -> list[str]:
+    """Each step of ``split_steps(text)`` as written in text: its paragraph (between "\\n\\n"
+    separators) with only the blank lines around it removed, so the indentation of its first line
+    and the whitespace inside it survive.
+
+    Stage 2 writes kept steps this way: the reference writes them stripped, which flattens the
+    first line of an indented code step (see README, fidelity ledger).
+    """
+    texts = []
+    for start, end in _core.split_step_spans(text):
+        # text[paragraph start:start] and text[end:paragraph end] are whitespace only, so the line
+        # around the step's first / last character never reaches past its paragraph.
+        line_start = text.rfind("\n", 0, start) + 1
+        line_end = text.find("\n", end)
+        texts.append(text[line_start : len(text) if line_end < 0 else line_end])
+    return texts
 
 
 def split_steps_batch(texts: list[str], *, workers: int = 1) -> list[list[str]]:

@@ -5,7 +5,7 @@ a completion the way each benchmark's reference harness does.
 benchmark           file and how a completion is tested
 ==================  =======================================================================
 humaneval           HumanEval.jsonl(.gz): task_id, prompt, test, entry_point. The candidate's
-                    program is prompt + "\n" + the extracted code; the test and
+                    program is prompt + "\n" + the extracted code (the reference's); the test and
                     ``check(entry_point)`` run in a second sandbox that calls the candidate
                     with plain arguments and results (an assertion-style check).
 humaneval_plus      HumanEvalPlus.jsonl(.gz) (EvalPlus): task_id, prompt, entry_point,
@@ -16,10 +16,11 @@ humaneval_plus      HumanEvalPlus.jsonl(.gz) (EvalPlus): task_id, prompt, entry_
                     1e-6 for float outputs when atol is 0; find_zero checked by the
                     polynomial's value).
 leetcodedataset     LeetCodeDataset-*.jsonl(.gz): task_id, prompt (the imports prelude and
-                    helpers), query (model prompt; top level or under meta), test,
-                    entry_point. Candidate: prompt + "\n" + code; the test's ``check`` runs in
-                    a second sandbox as for humaneval (ListNode / TreeNode travel as objects
-                    of the prompt's classes).
+                    helpers), problem_description and starter_code (top level or under meta;
+                    the model prompt is built from them as the reference's, not the dataset's
+                    query), test, entry_point. Candidate: prompt + "\n" + code; the test's
+                    ``check`` runs in a second sandbox as for humaneval (ListNode / TreeNode
+                    travel as objects of the prompt's classes).
 livecodebench       code_generation_lite: a directory with test.jsonl, test2.jsonl, ... or one
                     .jsonl. public_test_cases / private_test_cases (JSON, or the release's
                     base64 + zlib + pickle encoding), metadata.func_name. Functional tests call
@@ -63,6 +64,7 @@ __all__ = [
     "BENCHMARKS",
     "Benchmark",
     "HUMANEVAL_PROMPT",
+    "LEETCODE_PROMPT",
     "LCB_RELEASE_WINDOWS",
     "Problem",
     "get_benchmark",
@@ -70,11 +72,16 @@ __all__ = [
     "register",
 ]
 
-# The paper's HumanEval(+) prompt (PAPER.md, Evaluation).
+# The reference's user messages. HumanEval(+): the dataset's prompt inserted unstripped.
 HUMANEVAL_PROMPT = (
     "You will be given a competitive programming problem.\nPlease continue to complete the function. "
     "You are not allowed to modify the given code and do the completion only. Please return all "
     "completed function in a code block. Here is the given code to do completion:\n```python\n{prompt}\n```"
+)
+LEETCODE_PROMPT = (
+    "You will be given a competitive programming problem.\n{problem_description}\n\nYou will use the "
+    "following starter code to write the solution to the problem and enclose your code within "
+    "delimiters.\n```python\n{starter_code}\n```"
 )
 
 # LiveCodeBench's DeepSeek-R1 question template (lcb_runner/prompts/code_generation.py), without
@@ -199,6 +206,12 @@ def lcb_sample_wall(timeout: float, n_tests: int, sample_timeout: float | None =
     return wall if sample_timeout is None else min(sample_timeout, wall)
 
 
+def _humaneval_prompt(row: dict) -> str:
+    # one pass, so braces in the dataset's prompt stay as they are
+    before, after = HUMANEVAL_PROMPT.split("{prompt}")
+    return before + row["prompt"] + after
+
+
 class HumanEval(Benchmark):
     name = "humaneval"
     aliases = ("he",)
@@ -209,7 +222,7 @@ class HumanEval(Benchmark):
         problems = []
         for i, row in enumerate(read_rows(path)):
             _require(row, ("task_id", "prompt", "test", "entry_point"), f"{path} row {i}")
-            problems.append(Problem(str(row["task_id"]), HUMANEVAL_PROMPT.format(prompt=row["prompt"].strip()), row))
+            problems.append(Problem(str(row["task_id"]), _humaneval_prompt(row), row))
         return _unique(problems, str(path))
 
     def job(self, problem, code, *, timeout, sample_timeout, prepared):
@@ -228,7 +241,7 @@ class HumanEvalPlus(Benchmark):
         for i, row in enumerate(read_rows(path)):
             _require(row, ("task_id", "prompt", "entry_point", "canonical_solution", "base_input", "plus_input"),
                      f"{path} row {i}")
-            problems.append(Problem(str(row["task_id"]), HUMANEVAL_PROMPT.format(prompt=row["prompt"].strip()), row))
+            problems.append(Problem(str(row["task_id"]), _humaneval_prompt(row), row))
         return _unique(problems, str(path))
 
     @staticmethod
@@ -286,12 +299,17 @@ class LeetCodeDataset(Benchmark):
         problems = []
         for i, row in enumerate(read_rows(path)):
             _require(row, ("task_id", "prompt", "test", "entry_point"), f"{path} row {i}")
-            query = row.get("query")
-            if query is None and isinstance(row.get("meta"), dict):
-                query = row["meta"].get("query")
-            if query is None:
-                raise ValueError(f"{path} row {i}: no 'query' (top level or under 'meta') to prompt the model with")
-            problems.append(Problem(str(row["task_id"]), query, row))
+            meta = row.get("meta") if isinstance(row.get("meta"), dict) else {}
+            fields = {}
+            for name in ("problem_description", "starter_code"):
+                value = row[name] if name in row else meta.get(name)
+                if not isinstance(value, str):
+                    raise ValueError(f"{path} row {i}: no {name!r} (top level or under 'meta') to build the "
+                                     "reference's prompt from")
+                fields[name] = value
+            before, middle, after = _split3(LEETCODE_PROMPT, "{problem_description}", "{starter_code}")
+            prompt = before + fields["problem_description"] + middle + fields["starter_code"] + after
+            problems.append(Problem(str(row["task_id"]), prompt, row))
         return _unique(problems, str(path))
 
     def job(self, problem, code, *, timeout, sample_timeout, prepared):
@@ -419,6 +437,12 @@ class LiveCodeBench(Benchmark):
         )
         return Trial(job, judge=OutputJudge(outputs, lambda out, exp, i: compare_lcb_stdio(out, exp), timeout,
                                             text=True))
+
+
+def _split3(template: str, first: str, second: str) -> tuple[str, str, str]:
+    before, rest = template.split(first)
+    middle, after = rest.split(second)
+    return before, middle, after
 
 
 def _no_options(name: str, options: dict) -> None:

@@ -8,16 +8,15 @@ __all__ = ["extract_code"]
 
 
 def extract_code(generation: str) -> str | None:
-    """The code a generation answers with, or None.
+    """The code a generation answers with, or None when it has no python block.
 
-    The reference's rule (PAPER.md, Evaluation): the first ```python block after </think>; when the
-    generation has no </think> (e.g. it ran out of tokens while thinking), the first ```python
-    block anywhere. A block without a closing fence runs to the end of the text (as
-    ``traces.first_python_block``). An empty block counts as no code.
+    The reference's rule: when the generation splits into exactly two parts at </think>, the first
+    python block (``asap_fast.core.traces.PYTHON_BLOCK``: ```python, ```Python or a plain ```
+    fence, closed) after </think>; otherwise (no </think>, or several) the first block anywhere.
+    The block is returned as captured (indentation and final newline kept; an empty block is "").
+    On None the scorer executes the raw generation, as the reference does (it fails).
     """
     if not isinstance(generation, str):
         raise TypeError(f"generation must be str, not {type(generation).__name__}")
-    close_at = generation.find(THINK_CLOSE)
-    text = generation[close_at + len(THINK_CLOSE):] if close_at >= 0 else generation
-    code = first_python_block(text)
-    return code if code else None
+    parts = generation.split(THINK_CLOSE)
+    return first_python_block(parts[1] if len(parts) == 2 else generation)

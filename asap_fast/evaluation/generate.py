@@ -25,6 +25,8 @@ __all__ = [
 # DeepSeek-R1's format, used when the tokenizer has no chat template (PAPER.md, Evaluation).
 R1_TEMPLATE = "<｜begin▁of▁sentence｜><｜User｜>{prompt}<｜Assistant｜><think>\n"
 THINK_START = "<think>\n"
+# What the reference appends to the chat template rendered without a generation prompt.
+R1_ASSISTANT_START = "<｜Assistant｜><think>\n"
 
 
 class BackendUnavailable(RuntimeError):
@@ -32,19 +34,28 @@ class BackendUnavailable(RuntimeError):
 
 
 def build_prompt(tokenizer, user_content: str) -> str:
-    """The text a reasoning model continues: the tokenizer's chat template with one user turn and
-    the generation prompt, ending with "<think>\\n" (appended unless the template already ends with
-    it); without a template, R1's "<｜begin▁of▁sentence｜><｜User｜>{prompt}<｜Assistant｜><think>\\n"."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_content}], tokenize=False, add_generation_prompt=True
-        )
-        if text.endswith(THINK_START):
-            return text
-        if text.endswith("<think>"):
-            return text + "\n"
-        return text + THINK_START
-    return R1_TEMPLATE.format(prompt=user_content)
+    """The text a reasoning model continues, as the reference builds it: the chat template applied
+    to one user turn without a generation prompt, then "<｜Assistant｜><think>\\n" appended.
+
+    That string is R1's generation prompt, so it is used when the template is R1's (its generation
+    prompt is "<｜Assistant｜>", optionally with "<think>\\n"). For any other template it would graft
+    R1's tag onto a foreign format; there the template's own generation prompt is used, followed by
+    "<think>\\n" unless it already ends with it (a deliberate difference, README's fidelity ledger).
+    Without a chat template: R1's format, "<｜begin▁of▁sentence｜><｜User｜>{prompt}<｜Assistant｜><think>\\n".
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        before, after = R1_TEMPLATE.split("{prompt}")
+        return before + user_content + after
+    messages = [{"role": "user", "content": user_content}]
+    plain = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)
+    with_prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if with_prompt in (plain + "<｜Assistant｜>", plain + R1_ASSISTANT_START):
+        return plain + R1_ASSISTANT_START
+    if with_prompt.endswith(THINK_START):
+        return with_prompt
+    if with_prompt.endswith("<think>"):
+        return with_prompt + "\n"
+    return with_prompt + THINK_START
 
 
 @dataclass

@@ -51,6 +51,7 @@ class EvalConfig:
     save_generations: str | None = None
     tokenskip_ratio: float | None = None  # TokenSkip models: the ratio written after the question
     tokenskip_separator: str = "<|eot_id|>"
+    subset: bool = False
 
     def validate(self) -> None:
         if (self.model is None) == (self.generations is None):
@@ -67,6 +68,8 @@ class EvalConfig:
                 raise ValueError("--tokenskip-ratio shapes the generation prompt; it needs --model")
             if not 0 < self.tokenskip_ratio <= 1:
                 raise ValueError(f"--tokenskip-ratio must be in (0, 1], got {self.tokenskip_ratio}")
+        if self.subset and self.generations is None:
+            raise ValueError("subset scores the problems of a generations file; it needs --generations")
 
 
 def read_generations(path: str | Path) -> list[Sample]:
@@ -146,14 +149,24 @@ def _count_tokens(tokenizer_path: str, samples: list[Sample]) -> None:
 
 def run_eval(cfg: EvalConfig, *, log=None) -> dict:
     """Run the evaluation described by ``cfg``; writes the results JSON to ``cfg.out`` (and, when
-    generating, the generations JSONL next to it) and returns the results."""
+    generating, the generations JSONL next to it) and returns the results.
+
+    Pass@1 is over every problem of the benchmark file (after the LiveCodeBench release / date
+    filters, which define the benchmark): a problem without a generation counts as failed and is
+    listed in ``missing_tasks``. A run over part of it (``limit``, or ``subset``: only the
+    problems the generations file covers) says so in ``subset`` (how the problems were selected,
+    how many of the benchmark's, their task ids); ``subset`` is null for a whole benchmark.
+    """
     log = log or (lambda msg: None)
     cfg.validate()
     bench = get_benchmark(cfg.benchmark)
     options = {"release": cfg.release, "start_date": cfg.start_date, "end_date": cfg.end_date}
-    problems = bench.load(cfg.data, **options)
-    if cfg.limit is not None:
+    benchmark_problems = bench.load(cfg.data, **options)
+    problems = benchmark_problems
+    selected_by = []  # why the scored problems are fewer than the benchmark's, said in the results
+    if cfg.limit is not None and cfg.limit < len(problems):
         problems = problems[: cfg.limit]
+        selected_by.append(f"--limit {cfg.limit}")
     if not problems:
         raise ValueError(f"no {bench.name} problems in {cfg.data} (after filters)")
     max_new_tokens = cfg.max_new_tokens or bench.max_new_tokens
@@ -173,6 +186,14 @@ def run_eval(cfg: EvalConfig, *, log=None) -> dict:
             if len(kept) < len(samples):
                 log(f"skipping {len(samples) - len(kept)} generations of tasks outside the selection")
             samples = kept
+        if cfg.subset:
+            with_generation = {s.task_id for s in samples}
+            covered = [p for p in problems if p.task_id in with_generation]
+            if not covered:
+                raise ValueError(f"--subset: no generation in {cfg.generations} is for a {bench.name} problem")
+            if len(covered) < len(problems):
+                problems = covered
+                selected_by.append("--subset (the problems with a generation)")
         if cfg.tokenizer:
             _count_tokens(cfg.tokenizer, samples)
     limits = SandboxLimits(memory_bytes=int(cfg.memory_gb * GiB))
@@ -194,17 +215,23 @@ def run_eval(cfg: EvalConfig, *, log=None) -> dict:
                                 workers=cfg.workers, limits=limits, extract=cfg.extract, progress=progress,
                                 journal=journal)
     scoring_wall = time.perf_counter() - start
-    summary = summarize(results, n_problems=len(problems), generation_wall_s=generation_wall)
+    # Pass@1 is over every selected problem; one without a generation counts as failed.
+    summary = summarize(results, task_ids=[p.task_id for p in problems], generation_wall_s=generation_wall)
     if getattr(bench, "kind", "code") == "math":
         summary["reasons"] = bench.reason_counts(results)
-    scored = {r.task_id for r in results}
-    missing = [p.task_id for p in problems if p.task_id not in scored]
+    if summary["missing_tasks"]:
+        log(f"{len(summary['missing_tasks'])} problems have no generation and count as failed")
     config = asdict(cfg)
     config.update(benchmark=bench.name, max_new_tokens=max_new_tokens)
+    subset = None
+    if selected_by:
+        subset = {"selected_by": selected_by, "n_problems": len(problems),
+                  "benchmark_problems": len(benchmark_problems), "task_ids": [p.task_id for p in problems]}
     payload = {
         "benchmark": bench.name,
         **summary,
-        "missing_tasks": missing,
+        "benchmark_problems": len(benchmark_problems),
+        "subset": subset,
         "scoring_wall_s": scoring_wall,
         "generation": gen_info,
         "config": config,

@@ -6,6 +6,7 @@ import json
 import os
 import threading
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from asap_fast.evaluation.benchmarks import Benchmark, Problem, get_benchmark
@@ -94,7 +95,7 @@ def score_samples(
                 journal_file.flush()
 
     results: list[SampleResult] = []
-    trials, trial_slots = [], []
+    trials, trial_slots, raw_text = [], [], []
     seen = Counter()
     try:
         for sample in samples:
@@ -103,11 +104,10 @@ def score_samples(
             result = SampleResult(sample.task_id, index, False, "error", num_tokens=sample.num_tokens,
                                   latency_s=sample.latency_s, finish_reason=sample.finish_reason)
             results.append(result)
-            code = extract_code(sample.completion) if extract else (sample.completion or None)
-            if code is None:
-                result.reason, result.detail = "no code", "no ```python block in the completion"
-                record(result)
-                continue
+            code = extract_code(sample.completion) if extract else sample.completion
+            raw = code is None  # the reference executes the raw output when it has no python block
+            if raw:
+                code = sample.completion or ""
             trial = bench.job(by_id[sample.task_id], code, timeout=timeout, sample_timeout=sample_timeout,
                               prepared=prepared)
             if isinstance(trial, str):
@@ -116,6 +116,7 @@ def score_samples(
                 continue
             trials.append(trial)
             trial_slots.append(result)
+            raw_text.append(raw)
         done = 0
 
         def finished(i: int, outcome) -> None:
@@ -128,6 +129,9 @@ def score_samples(
                 result.exec_wall_s = round(outcome.exec_wall_s, 4)
                 result.sandbox = outcome.isolation.get("layer")
             result.passed = result.reason == "passed"
+            if raw_text[i] and not result.passed:  # say why, not only how the raw text failed
+                detail = f" ({result.reason}: {result.detail})" if result.detail else f" ({result.reason})"
+                result.reason, result.detail = "no code", "no python block; the raw output was executed" + detail
             record(result)
             done += 1
             if progress:
@@ -143,20 +147,42 @@ def score_samples(
 def summarize(
     results: list[SampleResult],
     *,
-    n_problems: int,
+    n_problems: int | None = None,
+    task_ids: Sequence[str] | None = None,
     generation_wall_s: float | None = None,
     ks: tuple[int, ...] = (1, 5, 10),
 ) -> dict:
-    """The headline numbers: pass@1 (mean over tasks of the fraction of samples that passed, a
-    fraction in [0, 1]), pass@k for k <= the smallest samples-per-task, average generated tokens,
-    latency (the paper's: wall time of the batched generation / number of problems) and per-request
-    latency percentiles where the backend gave per-request times."""
+    """The headline numbers over every problem of the benchmark (``task_ids``, or ``n_problems``
+    of them): pass@1 (mean over problems of the fraction of samples that passed, a fraction in
+    [0, 1]; a problem without any sample counts as failed, as in the reference, and is listed in
+    ``missing_tasks`` when ``task_ids`` is given), pass@k for k <= the smallest samples-per-task of
+    the scored problems, average generated tokens, latency (the paper's: wall time of the batched
+    generation / number of problems) and per-request latency percentiles where the backend gave
+    per-request times."""
     per_task = defaultdict(lambda: [0, 0])
     for r in results:
         per_task[r.task_id][0] += 1
         per_task[r.task_id][1] += int(r.passed)
+    if task_ids is not None:
+        task_ids = list(task_ids)
+        if n_problems is not None and n_problems != len(task_ids):
+            raise ValueError(f"n_problems={n_problems} but {len(task_ids)} task_ids")
+        outside = sorted(set(per_task) - set(task_ids))
+        if outside:
+            raise ValueError(f"results for {len(outside)} task(s) outside task_ids, e.g. {outside[0]!r}")
+        n_problems = len(task_ids)
+        missing = [t for t in task_ids if t not in per_task]
+    else:
+        if n_problems is None:
+            raise TypeError("summarize() needs n_problems or task_ids")
+        if len(per_task) > n_problems:
+            raise ValueError(f"results for {len(per_task)} tasks but n_problems={n_problems}")
+        missing = None
     counts = [tuple(v) for v in per_task.values()]
-    table = pass_at_k_table(counts, ks)
+    # mean over every problem: the scored ones' pass@k summed, the unscored ones adding 0
+    table = {k: v * len(counts) / n_problems for k, v in pass_at_k_table(counts, ks).items()}
+    if not counts and n_problems:
+        table = {"pass@1": 0.0}
     latencies = [r.latency_s for r in results if r.latency_s is not None]
     return {
         "pass_at_1": table.get("pass@1"),
@@ -170,4 +196,5 @@ def summarize(
         "n_tasks_scored": len(per_task),
         "n_samples": len(results),
         "reasons": {reason: sum(r.reason == reason for r in results) for reason in REASONS},
+        **({"missing_tasks": missing} if missing is not None else {}),
     }

@@ -218,7 +218,9 @@ def trace_view(record: dict) -> TraceView | str:
         return "step count differs from step_surprisal"
     pruned_think = record.get("pruned_think")
     if isinstance(pruned_think, str) and len(matching) > 1:
-        exact = [c for c in matching if "\n\n".join(c[0][k] for k in kept) == pruned_think]
+        # stage 2 writes kept steps as their original paragraphs: compare them as steps
+        written = split_steps(pruned_think)
+        exact = [c for c in matching if [c[0][k] for k in kept] == written]
         matching = exact or matching
     steps, coarse = matching[0]
     return TraceView(steps, [_as_float(s) for s in surprisal], set(kept), int(before), int(after), coarse)

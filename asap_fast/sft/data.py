@@ -35,7 +35,9 @@ __all__ = [
     "THINK_OPEN",
     "EncodedExample",
     "PreparedData",
+    "default_special_tokens",
     "encode_messages",
+    "keeps_sample",
     "ensure_chat_template",
     "iter_messages",
     "prepare_examples",
@@ -291,6 +293,20 @@ class PreparedData:
         )
 
 
+def default_special_tokens(tokenizer) -> int:
+    """How many special tokens ``tokenizer(text)`` adds to one text by default (1 for the R1
+    tokenizers' BOS, 0 for Qwen's)."""
+    probe = "x"
+    return len(tokenizer(probe)["input_ids"]) - len(tokenizer(probe, add_special_tokens=False)["input_ids"])
+
+
+def keeps_sample(n_tokens: int, max_length: int | None, extra_special: int) -> bool:
+    """The reference's length filter: a sample is kept when the length it measures, our token
+    count plus the special tokens its tokenizer call adds again to the templated text (one more
+    BOS for R1's), is strictly below ``max_length``."""
+    return max_length is None or n_tokens + extra_special < max_length
+
+
 def prepare_examples(
     rows: Iterable[tuple[str, Any]],
     tokenizer,
@@ -299,7 +315,9 @@ def prepare_examples(
     eos_token_id: int | None = None,
     batch_size: int = 256,
 ) -> PreparedData:
-    """Encode (id, messages) rows and drop, counting them, those longer than ``max_length`` tokens.
+    """Encode (id, messages) rows and drop, counting them, those the reference's length filter
+    drops (:func:`keeps_sample`: kept when ``len(input_ids)`` plus the tokenizer's default special
+    tokens is below ``max_length``, so every kept sample also fits ``max_length``).
 
     Dropping happens here, on exact token counts, so that no sample is ever truncated by the
     trainer (a truncated trace would teach the model to stop mid-thought). A malformed row raises
@@ -308,6 +326,7 @@ def prepare_examples(
     if max_length is not None and (not isinstance(max_length, int) or max_length < 2):
         raise ValueError(f"max_length must be an integer >= 2 or null, got {max_length!r}")
     eos = _eos_id(tokenizer, eos_token_id)
+    extra_special = default_special_tokens(tokenizer)
     prepared = PreparedData(examples=[], max_length=max_length)
 
     def flush(batch):
@@ -319,7 +338,7 @@ def prepare_examples(
                 raise ValueError(
                     f"dataset row {row_id}: the tokenizer encodes the response as no tokens; is it the model's tokenizer?"
                 )
-            if max_length is not None and len(example.input_ids) > max_length:
+            if not keeps_sample(len(example.input_ids), max_length, extra_special):
                 prepared.dropped_too_long += 1
                 prepared.longest_dropped = max(prepared.longest_dropped, len(example.input_ids))
                 if len(prepared.dropped_ids) < 20:

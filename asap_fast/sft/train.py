@@ -443,8 +443,9 @@ def prepare_data(cfg: dict, tokenizer, max_length: int | None) -> PreparedData:
         raise SFTConfigError(f"dataset {dataset} has no rows")
     if not prepared.examples:
         raise SFTConfigError(
-            f"all {prepared.samples_total} samples of {dataset} are longer than max_length={max_length} tokens "
-            f"(the longest has {prepared.longest_dropped})"
+            f"all {prepared.samples_total} samples of {dataset} are too long for max_length={max_length} tokens "
+            f"(kept: fewer than max_length counting the tokenizer's BOS once more, the reference's rule; "
+            f"the longest has {prepared.longest_dropped})"
         )
     return prepared
 
@@ -601,7 +602,7 @@ def format_summary(summary: dict) -> str:
     lines = [
         (
             f"asap sft: {summary['samples_used']}/{summary['samples_total']} samples used, "
-            f"{summary['samples_dropped_too_long']} dropped (longer than max_length={summary['max_length']})"
+            f"{summary['samples_dropped_too_long']} dropped (too long for max_length={summary['max_length']})"
         ),
         (
             f"  tokens: {summary['dataset_tokens']} per epoch ({summary['dataset_response_tokens']} with loss), "

@@ -177,21 +177,21 @@ def row_kind(record: dict, prompt: str) -> str:
 
 
 def question_text(record: dict) -> str:
-    """The row's question: its ``prompt`` (chat messages are joined by their contents)."""
+    """The row's question: its ``prompt`` as it is, as the reference inserts it (not stripped; an
+    empty one too); chat messages are joined by their contents."""
     prompt = record.get("prompt")
     if isinstance(prompt, list):
         prompt = "\n".join(m.get("content", "") if isinstance(m, dict) else str(m) for m in prompt)
     if not isinstance(prompt, str):
         raise ValueError(f"prompt must be a string or chat messages, not {type(prompt).__name__}")
-    if not prompt.strip():
-        raise ValueError("empty prompt: the direct thought needs the question")
-    return prompt.strip()
+    return prompt
 
 
 def direct_answer(record: dict, kind: str) -> str:
     """The known answer the direct thought explains.
 
-    code: the first ```python block after </think> (the paper's answer code).
+    code: the first python block after </think> as captured (``Trace.code``: its final newline
+          kept, so a blank line precedes the closing fence in the prompt, as in the reference).
     math: the text after </think> (the answer this trace reached, so that the anchor follows the
           thinking being compressed); the row's ``answer`` field only when nothing follows
           </think>. Raises TraceError (one line) for an unusable generation.

@@ -3,7 +3,8 @@
     1a  direct_thought = LLM(direct prompt(question, known answer))            temperature 0.0
     1b  candidate      = strip_fences(LLM(coarse prompt(anchor, think)))        temperature 1.0
         coarse_alignment = align_steps(think, candidate, threshold, metric)     (C++; None = reject)
-        re-asked up to max_attempts times; the first candidate that aligns is coarse_think
+        one request, then up to max_attempts re-requests while the reply does not align; the
+        first candidate that aligns is coarse_think
 
 Each row is one coroutine; all rows of a corpus batch run at once on the backend's event loop, so
 an API backend keeps up to ``concurrency`` requests in flight and a local backend batches the
@@ -49,6 +50,7 @@ from asap_fast.stage1.prompts import (
 
 __all__ = [
     "COARSE_PARAMS",
+    "DEFAULT_MAX_ATTEMPTS",
     "DIRECT_PARAMS",
     "CoarseStage",
     "DirectStage",
@@ -58,6 +60,10 @@ __all__ = [
     "snap_to_original",
     "strip_fences",
 ]
+
+# Re-requests after the first request of stage 1b (the reference's argparse default; its
+# released script passes 0, one request per row).
+DEFAULT_MAX_ATTEMPTS = 5
 
 # The paper's decoding settings (the released coarse script passes temperature 2.0).
 DIRECT_PARAMS = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=16384)
@@ -216,9 +222,11 @@ class CoarseStage(_Stage):
     """Stage 1b: the thinking compressed by the LLM, guided by the row's ``direct_thought``.
 
     A reply is accepted when ``align_steps(think, strip_fences(reply), threshold, metric)`` is not
-    None; otherwise the same prompt is asked again, up to ``max_attempts`` times (an empty reply is
-    a failed attempt). ``snap`` replaces each accepted section by the original section it matched.
-    Adds ``coarse_think``, ``coarse_alignment``, ``coarse_attempts``.
+    None. As the reference: one request, then the same prompt is re-requested while the reply does
+    not validate and fewer than ``max_attempts`` re-requests were made (``max_attempts=0``: one
+    request). An empty reply is a failed request too; the reference re-requests it without limit.
+    ``snap`` replaces each accepted section by the original section it matched. Adds
+    ``coarse_think``, ``coarse_alignment``, ``coarse_attempts`` (the requests made).
     """
 
     params: SamplingParams = COARSE_PARAMS
@@ -236,8 +244,8 @@ class CoarseStage(_Stage):
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
-        if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 0:
+            raise ValueError(f"max_attempts (re-requests after the first) must be an int >= 0, got {self.max_attempts!r}")
 
     def messages(self, record: dict) -> tuple[list[dict], str]:
         anchor = record.get("direct_thought")
@@ -249,13 +257,15 @@ class CoarseStage(_Stage):
             think = parse_trace(record["generation"], require_code=False).think
         except TraceError as e:
             raise RowError(str(e)) from None
+        if not think:  # the reference would ask to compress nothing (README, fidelity ledger)
+            raise RowError("empty thinking between <think> and </think>: nothing to compress")
         template = self.template or coarse_template()
         return [{"role": "user", "content": template.render(anchor=anchor.strip(), think=think)}], think
 
     async def arow(self, record: dict) -> dict:
         messages, think = self.messages(record)
         reason = "no reply"
-        for attempt in range(1, self.max_attempts + 1):
+        for attempt in range(1, self.max_attempts + 2):  # the first request, then the re-requests
             try:
                 reply = await self.backend.acomplete(messages, self.params, attempt=attempt)
             except EmptyReplyError:
@@ -272,5 +282,6 @@ class CoarseStage(_Stage):
                 return {**record, "coarse_think": coarse, "coarse_alignment": alignment, "coarse_attempts": attempt}
             reason = explain_rejection(think, candidate, self.threshold, self.metric)
         self.failed += 1
-        tries = f"{self.max_attempts} attempts" if self.max_attempts > 1 else "1 attempt"
+        requests = self.max_attempts + 1
+        tries = f"{requests} requests" if requests > 1 else "1 request"
         raise RowError(f"no valid compression in {tries}: {reason}")

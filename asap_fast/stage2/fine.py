@@ -6,6 +6,14 @@ generation's own) is split into steps, every step's first token is scored in one
 the thinking fits the budget. Rows gain ``pruned_think``, ``step_surprisal``, ``kept_steps``,
 ``tokens_before``, ``tokens_after`` and ``messages`` (ready for SFT).
 
+As the reference: ``tokens_before`` is ``len(tokenizer.encode(thinking))`` of the whole stripped
+thinking (special tokens included), a ratio budget is ``int(ratio * tokens_before)``, and a
+thinking within the budget is written unchanged, byte for byte. Otherwise the budget test runs on
+the stripped steps (:func:`~asap_fast.stage2.pruning.prune_steps`), duplicates removed by index,
+and each kept step is written as its original paragraph (:func:`~asap_fast.core.traces.step_source_texts`;
+the reference writes it stripped), joined by "\n\n"; ``tokens_after`` counts the text written. A
+row whose budget would remove every step is a reject (the reference writes an empty thinking).
+
 Each trace is scored in a forward pass of its own, so a row's scores (and so the output bytes) do
 not depend on which rows share its batch: shards, Ray, ``--batch`` and resume all write one run's
 bytes. A trace of thousands of tokens fills a pass on its own; benchmarks/bench_stage2.py measures
@@ -21,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from asap_fast.core.errors import RowError
-from asap_fast.core.traces import TraceError, parse_trace, split_steps
+from asap_fast.core.traces import TraceError, parse_trace, split_steps, step_source_texts
 
 PROMPT_SUFFIX = "\n<think>\n"  # the paper's raw-text context: prompt, then the opened think block
 THINK_FIELDS = ("auto", "think", "coarse_think")
@@ -168,8 +176,8 @@ class FineStage:
         self.scorer, self.config = scorer, config
         self.tokens_scored = 0
 
-    def _prepare(self, record: dict) -> tuple[str, list[str], str]:
-        """(prefix, steps, answer) of one row, or RowError."""
+    def _prepare(self, record: dict) -> tuple[str, list[str], str, str]:
+        """(prefix, steps, answer, thinking) of one row, or RowError."""
         config = self.config
         prompt = prompt_text(record["prompt"])
         kind = record.get("kind", "code") if config.task == "auto" else config.task
@@ -183,49 +191,57 @@ class FineStage:
         think = trace.think if field == "think" else record.get("coarse_think")
         if not isinstance(think, str):
             raise RowError(f"coarse_think must be str, not {type(think).__name__}")
+        think = think.strip()
         prefix = prompt + PROMPT_SUFFIX
         self.scorer.check_length(prefix + think)  # before a huge row is tokenized in full
         steps = split_steps(think)
         if not steps:
             raise RowError(f"no steps in {field}")
-        return prefix, steps, trace.answer
+        return prefix, steps, trace.answer, think
 
     def process(self, records: Sequence[dict]) -> list:
         """Output record or RowError for each record, in order."""
         return [self._process_one(record) for record in records]
 
     def _process_one(self, record: dict):
-        from asap_fast.stage2.pruning import prune_steps_result
+        from asap_fast.stage2.pruning import prune_steps, thinking_budget
 
         config = self.config
         try:
-            prefix, steps, answer = self._prepare(record)
+            prefix, steps, answer, thinking = self._prepare(record)
             encoded = self.scorer.encode(prefix, steps)
         except RowError as e:
             return e
         except ValueError as e:  # over-long trace, token ids the model does not have
             return RowError(str(e))
-        if config.mode == "global":
+        tokenizer = self.scorer.tokenizer
+        tokens_before, budget = thinking_budget(tokenizer, thinking, max_tokens=config.budget, ratio=config.ratio)
+        self.tokens_scored += tokens_before
+        if tokens_before <= budget:  # the reference's early exit: the thinking as it is
             surprisal = self.scorer.score_encoded(encoded)
-            outcome = prune_steps_result(steps, surprisal, self.scorer.tokenizer,
-                                         max_tokens=config.budget, ratio=config.ratio)
+            kept, pruned, tokens_after = list(range(len(steps))), thinking, tokens_before
         else:
-            outcome = self.scorer.prune(prefix, steps, max_tokens=config.budget, ratio=config.ratio,
-                                        mode="iterative", steps_per_round=config.steps_per_round)
-        self.tokens_scored += outcome.tokens_before
-        if not outcome.kept:
-            budget = f"budget {config.budget}" if config.ratio is None else f"ratio {config.ratio:g}"
-            return RowError(f"the budget removes every step: {budget}, {outcome.tokens_before} tokens "
-                            f"in {len(steps)} steps")
-        pruned = "\n\n".join(steps[k] for k in outcome.kept)
+            if config.mode == "global":
+                surprisal = self.scorer.score_encoded(encoded)
+                kept = prune_steps(steps, surprisal, tokenizer, max_tokens=budget)
+            else:
+                outcome = self.scorer.prune(prefix, steps, max_tokens=budget, mode="iterative",
+                                            steps_per_round=config.steps_per_round)
+                kept, surprisal = outcome.kept, outcome.surprisal
+            if not kept:
+                label = f"budget {config.budget}" if config.ratio is None else f"ratio {config.ratio:g}"
+                return RowError(f"the budget removes every step: {label}, {tokens_before} tokens in {len(steps)} steps")
+            originals = step_source_texts(thinking)
+            pruned = "\n\n".join(originals[k] for k in kept)
+            tokens_after = len(tokenizer.encode(pruned))
         return {
             **record,
             "pruned_think": pruned,
             # inf (a step with nothing before it) is not JSON: written as null
-            "step_surprisal": [s if math.isfinite(s) else None for s in outcome.surprisal],
-            "kept_steps": list(outcome.kept),
-            "tokens_before": outcome.tokens_before,
-            "tokens_after": outcome.tokens_after,
+            "step_surprisal": [s if math.isfinite(s) else None for s in surprisal],
+            "kept_steps": list(kept),
+            "tokens_before": tokens_before,
+            "tokens_after": tokens_after,
             "messages": sft_messages(record["prompt"], pruned, answer),
         }
 

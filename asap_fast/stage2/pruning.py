@@ -36,6 +36,7 @@ __all__ = [
     "prune_steps_ref",
     "prune_steps_result",
     "check_budget",
+    "thinking_budget",
 ]
 
 MODES = ("global", "iterative")
@@ -70,6 +71,17 @@ def check_budget(max_tokens, ratio) -> None:
 
 def _budget(tokens_before: int, max_tokens, ratio) -> int:
     return int(max_tokens) if ratio is None else int(ratio * tokens_before)
+
+
+def thinking_budget(tokenizer, thinking: str, *, max_tokens=None, ratio=None) -> tuple[int, int]:
+    """(tokens, budget) of a whole thinking, as the reference counts them in a corpus run:
+    tokens = ``len(tokenizer.encode(thinking))`` on the raw (stripped) thinking, the tokenizer's
+    default special tokens included; budget = max_tokens, or ``int(ratio * tokens)``. A thinking
+    with tokens <= budget is kept unchanged; otherwise :func:`prune_steps` runs with
+    ``max_tokens=budget`` on its steps."""
+    check_budget(max_tokens, ratio)
+    tokens = len(tokenizer.encode(thinking))
+    return tokens, _budget(tokens, max_tokens, ratio)
 
 
 def _check_steps(steps) -> list[str]:
