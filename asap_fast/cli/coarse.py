@@ -26,7 +26,7 @@ def add(subparsers) -> None:
             "the thinking using the direct thought as the anchor (the paper's prompt; temperature 1, top_p 1, "
             "max_tokens 16384), strip ``` fences from the reply and accept it only when its blank-line sections "
             "match, in order, original sections (align_steps: similarity >= --threshold). Rejected replies are "
-            "re-requested as --max-attempts says. Writes OUT with every input field plus 'coarse_think', "
+            "re-requested up to --max-attempts times. Writes OUT with every input field plus 'coarse_think', "
             "'coarse_alignment' (the original section index of each kept section) and 'coarse_attempts'; rows "
             "without a valid compression go to OUT.rejects.jsonl with the reason. Resumes like `asap direct`."
         ),

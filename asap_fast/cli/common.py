@@ -19,6 +19,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def ratio(text: str) -> float:
     try:
         value = float(text)
@@ -102,7 +112,8 @@ def add_stage2_options(p: argparse.ArgumentParser) -> None:
                    help="what to prune: auto = coarse_think when a row has it, else the generation's "
                         "thinking (default: auto)")
     g.add_argument("--task", choices=TASKS, default="auto",
-                   help="code rows need a ```python block after </think>; auto reads each row's 'kind' "
+                   help="code rows need a python block (```python, ```Python or a plain ```, closed) after </think>; "
+                        "auto reads each row's 'kind' "
                         "(default: auto)")
     g.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     g.add_argument("--dtype", choices=DTYPES, help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")

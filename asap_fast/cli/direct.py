@@ -37,7 +37,7 @@ def add(subparsers) -> None:
     g = p.add_argument_group("prompt")
     g.add_argument("--prompt", choices=PROMPT_CHOICES, default="auto",
                    help="which of the paper's prompts: code, math, or auto = each row's 'kind' field, code when "
-                   "absent (default: auto). Code rows anchor on the first ```python block after </think>; math "
+                   "absent (default: auto). Code rows anchor on the first python block after </think>, as captured; math "
                    "rows on the text after </think>, or the row's 'answer' field when nothing follows it")
     g.add_argument("--template", metavar="FILE",
                    help="custom prompt template for every row, with the placeholders {question} and {answer_code} "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from asap_fast.cli.common import positive_int
+from asap_fast.cli.common import non_negative_int, positive_int
 
 
 def add_backend_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -52,9 +52,10 @@ def add_validation_options(g, *, max_attempts_flag: str = "--max-attempts") -> N
     g.add_argument("--metric", choices=METRICS, default="difflib",
                    help="difflib = exactly difflib.SequenceMatcher.ratio, the reference's; indel = normalized LCS, "
                    "faster but a different function (default: difflib)")
-    g.add_argument(max_attempts_flag, dest="max_attempts", type=int, default=DEFAULT_MAX_ATTEMPTS, metavar="N",
-                   help=f"stage 1b requests per row until a reply validates; empty replies count "
-                   f"(default: {DEFAULT_MAX_ATTEMPTS})")
+    g.add_argument(max_attempts_flag, dest="max_attempts", type=non_negative_int, default=DEFAULT_MAX_ATTEMPTS,
+                   metavar="N", help=f"re-requests after the first request while a reply does not validate; empty "
+                   f"replies count (default: {DEFAULT_MAX_ATTEMPTS}, the reference's default; its released script "
+                   f"passes 0: one request per row)")
     g.add_argument("--snap-to-original", action="store_true",
                    help="write each accepted section as the original section it matched, so the training text "
                    "keeps the original wording exactly")

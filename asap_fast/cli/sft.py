@@ -10,8 +10,8 @@ DESCRIPTION = (
     "directory; its 'messages' field is used), output_dir, and any trl SFTConfig / transformers "
     "TrainingArguments field. Defaults are the paper's recipe (bf16, 10 epochs, lr 4e-5, batch 1 x "
     "accumulation 16, cosine_with_min_lr with min_lr_rate 0.1, warmup 0.03, max_grad_norm 0.2, max_length "
-    "16384, gradient checkpointing, seed 42). Samples longer than max_length are dropped and counted, never "
-    "truncated; the loss covers the assistant response only. Multi-GPU / multi-node: accelerate launch "
+    "16384, gradient checkpointing, seed 42). A sample is kept when its tokens, with the BOS counted once more, are fewer than max_length "
+    "(the reference's filter), else dropped and counted, never truncated; the loss covers the assistant response only. Multi-GPU / multi-node: accelerate launch "
     "--config_file configs/accelerate/{ddp,fsdp,zero3}.yaml -m asap_fast.cli sft --config CONFIG [KEY=VALUE ...]."
 )
 

@@ -26,7 +26,8 @@ def add(subparsers) -> None:
     )
     add_io(p)
     p.add_argument("--task", choices=("auto", "code", "math"), default="auto",
-                   help="code traces need a ```python block after </think>; 'auto' reads each row's 'kind' "
+                   help="code traces need a python block (```python, ```Python or a plain ```, closed) after </think>; "
+                        "'auto' reads each row's 'kind' "
                         "field and treats rows without one as code (default: auto)")
     p.add_argument("--workers", type=int, default=0, help="C++ threads for splitting; 0 = all cores (default)")
     add_run_options(p, batch=256, batch_help="rows split per C++ call (default: 256)")

@@ -68,7 +68,6 @@ DEFAULT_MAX_ATTEMPTS = 5
 # The paper's decoding settings (the released coarse script passes temperature 2.0).
 DIRECT_PARAMS = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=16384)
 COARSE_PARAMS = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=16384)
-DEFAULT_MAX_ATTEMPTS = 3
 
 # Info strings a model puts on the fence it wraps a plain-text reply in; any other word after the
 # opening ``` is taken as the reply's first word.
