@@ -30,8 +30,14 @@ double cutoff_similarity(TextView a, TextView b, Metric metric, double cutoff) {
     matcher.set_b(b);
     score = matcher.ratio_at_least(a, cutoff);
   } else {
-    score = match_ratio(static_cast<int64_t>(std::min(a.size(), b.size())), static_cast<int64_t>(a.size() + b.size()));
-    if (score >= cutoff) score = indel_similarity(a, b);
+    const auto length = static_cast<int64_t>(a.size() + b.size());
+    score = match_ratio(static_cast<int64_t>(std::min(a.size(), b.size())), length);
+    if (score >= cutoff) {
+      thread_local LcsMatcher matcher;
+      matcher.set_pattern(b);
+      // With a cutoff the LCS stops as soon as it cannot reach the fewest matches the cutoff needs.
+      score = match_ratio(matcher.lcs(a, length ? matches_needed(cutoff, length) : 0), length);
+    }
   }
   return score >= cutoff ? score : 0.0;
 }
@@ -79,6 +85,7 @@ void bind_match(py::module_& m) {
       [](py::handle a, py::handle b) {
         const Text ta = to_text(a, "quick_ratio", "a", kMaxMatchLength);
         const Text tb = to_text(b, "quick_ratio", "b", kMaxMatchLength);
+        py::gil_scoped_release release;
         return DifflibMatcher(tb).quick_ratio(ta);
       },
       py::arg("a"), py::arg("b"), "difflib.SequenceMatcher(None, a, b).quick_ratio()");
@@ -88,6 +95,7 @@ void bind_match(py::module_& m) {
       [](py::handle a, py::handle b) {
         const Text ta = to_text(a, "real_quick_ratio", "a", kMaxMatchLength);
         const Text tb = to_text(b, "real_quick_ratio", "b", kMaxMatchLength);
+        py::gil_scoped_release release;
         return DifflibMatcher(tb).real_quick_ratio(ta);
       },
       py::arg("a"), py::arg("b"), "difflib.SequenceMatcher(None, a, b).real_quick_ratio()");

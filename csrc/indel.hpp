@@ -18,7 +18,9 @@ class LcsMatcher {
   explicit LcsMatcher(TextView pattern) { set_pattern(pattern); }
   void set_pattern(TextView pattern);  // reuses the buffers
 
-  int64_t lcs(TextView text);
+  // The LCS length of the pattern and text. With `needed`, may instead return any count below
+  // `needed` as soon as the LCS is proven to fall short of it (an upper bound, never the answer).
+  int64_t lcs(TextView text, int64_t needed = 0);
   double similarity(TextView text) {
     return match_ratio(lcs(text), static_cast<int64_t>(text.size() + pattern_.size()));
   }
