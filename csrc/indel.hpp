@@ -30,8 +30,13 @@ class LcsMatcher {
   Alphabet alphabet_;
   std::vector<int32_t> pattern_ids_;
   std::vector<int32_t> text_ids_;      // scratch: the text in the pattern's alphabet
-  std::vector<uint64_t> block_mask_;   // per id: bits of the current 64-wide pattern block
-  std::vector<uint8_t> carry_;         // per text position: the carry into the next block
+  // Pattern blocks of 64 code points advanced together in one pass over the text.
+  static constexpr size_t kBlocksPerPass = 4;
+  template <size_t Blocks>
+  int64_t pass(size_t lo, size_t hi);  // zero bits of pattern[lo:hi] after one pass
+
+  std::vector<uint64_t> block_mask_;   // per id, kBlocksPerPass words: bits of the current pass's blocks
+  std::vector<uint8_t> carry_;         // per text position: the carry into the next pass
 };
 
 inline double indel_similarity(TextView a, TextView b) { return LcsMatcher(b).similarity(a); }
