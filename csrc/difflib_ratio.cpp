@@ -164,14 +164,6 @@ double DifflibMatcher::quick_ratio(TextView a) {
   return match_ratio(matches, static_cast<int64_t>(a.size() + b_.size()));
 }
 
-double DifflibMatcher::lcs_ratio(TextView a) {
-  if (!lcs_ready_) {
-    lcs_.set_pattern(b_);
-    lcs_ready_ = true;
-  }
-  return match_ratio(lcs_.lcs(a), static_cast<int64_t>(a.size() + b_.size()));
-}
-
 namespace {
 
 // A pair whose quick_ratio (the multiset bound) is this high is most likely a copy, with a few

@@ -32,13 +32,12 @@ class DifflibMatcher {
   int64_t matches(TextView a, int64_t stop_at = INT64_MAX);
   double ratio(TextView a) { return match_ratio(matches(a), static_cast<int64_t>(a.size() + b_.size())); }
 
-  // Exact upper bounds on ratio(a): difflib's own two, then the LCS bound (the matching blocks
-  // are a common subsequence, so their total never exceeds the LCS length). The first two cost
-  // O(1) and O(len(a)); the LCS costs len(a) * len(b) / 64 word steps, which on long strings can
-  // be far more than the match it is meant to save (see matches_at_least).
+  // Exact upper bounds on ratio(a): difflib's own two, O(1) and O(len(a)). The third, the LCS
+  // (the matching blocks are a common subsequence, so their total never exceeds the LCS length),
+  // costs len(a) * len(b) / 64 word steps, which on long strings can be far more than the match
+  // it is meant to save; matches_at_least decides when it runs.
   double real_quick_ratio(TextView a) const noexcept;
   double quick_ratio(TextView a);
-  double lcs_ratio(TextView a);
 
   // ratio(a) when it is >= cutoff, otherwise some value < cutoff, skipping the full match when an
   // exact upper bound already falls short. ratio_at_least(a, 0.0) == ratio(a).
