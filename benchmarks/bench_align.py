@@ -260,26 +260,28 @@ def adversarial_worker(case: str, n: int, engine: str, repeats: int, seed: int) 
     """Runs in a subprocess: builds the pair, times the call, prints one JSON line."""
     _, build, op, _ = ADVERSARIAL_CASES[case]
     a, b = build(n, random.Random(seed))
-    times, result = [], None
+    times, cpu_times, result = [], [], None
     for _ in range(repeats):
-        begin = time.perf_counter()
+        begin, cpu_begin = time.perf_counter(), time.process_time()
         result = adversarial_call(op, engine, a, b)
         times.append(time.perf_counter() - begin)
-    print(json.dumps({"times": times, "result": result}))
+        cpu_times.append(time.process_time() - cpu_begin)
+    print(json.dumps({"times": times, "cpu_times": cpu_times, "result": result}))
 
 
 def run_worker(case: str, n: int, engine: str, repeats: int, seed: int, timeout: float):
-    """(times, result) from a fresh process, or (None, None) when it ran past timeout."""
+    """(wall times, CPU times, result) from a fresh process, or Nones when it ran past timeout.
+    Every call is single-threaded, so on a shared machine its CPU time is the steadier figure."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--adversarial-worker", case, str(n), engine,
            "--repeats", str(repeats), "--seed", str(seed)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
     except subprocess.TimeoutExpired:
-        return None, None
+        return None, None, None
     except subprocess.CalledProcessError as error:
         raise RuntimeError(f"{case} n={n} {engine} failed:\n{error.stderr}") from error
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    return out["times"], out["result"]
+    return out["times"], out["cpu_times"], out["result"]
 
 
 def machine_line() -> str:
@@ -299,40 +301,48 @@ def adversarial(args) -> None:
     cases = args.cases or list(ADVERSARIAL_CASES)
     repeats = args.repeats or 1
     cpu = torch.device("cpu")
+    with open("/proc/loadavg", encoding="utf-8") as f:
+        load = f.read().split()[0]
     print(machine_line())
-    print(f"each run in its own process, limit {args.timeout:.0f} s; time of the call only (p50 of {repeats})\n")
+    print(f"each run in its own process, limit {args.timeout:.0f} s; time of the call only, p50 of {repeats}; "
+          f"load average at the start {load}\n")
     rows, table = [], []
     for case in cases:
-        description, _, op, sizes = ADVERSARIAL_CASES[case]
+        _, _, op, sizes = ADVERSARIAL_CASES[case]
+        peer = peer_of(op)
         for size in sizes:
             n = max(1, int(size * args.scale))
-            ours, ours_result = run_worker(case, n, "asap_fast", repeats, args.seed, args.timeout)
-            peer = peer_of(op)
-            theirs, their_result = run_worker(case, n, peer, repeats, args.seed, args.timeout)
             shape = f"case={case};n={n}"
+            runs = {provider: run_worker(case, n, provider, repeats, args.seed, args.timeout)
+                    for provider in ("asap_fast", peer)}
             cells = [case, f"{n:,}"]
-            for provider, times in (("asap_fast", ours), (peer, theirs)):
+            medians = {}
+            for provider, (times, cpu_times, _) in runs.items():
                 if times is None:
                     rows.append(make_row("align_adversarial", provider, shape, "str", "time_at_least", "s",
                                          (args.timeout,) * 3, cpu))
-                    cells.append(f">{args.timeout:.0f}")
-                else:
-                    stats = percentiles(times)
-                    rows.append(make_row("align_adversarial", provider, shape, "str", "time", "s", stats, cpu))
-                    cells.append(f"{stats[1]:.4f}")
-            if ours is not None and theirs is not None:
-                ratio = percentiles(theirs)[1] / max(percentiles(ours)[1], 1e-9)
-                same = ours_result == their_result if op != "indel" else abs(ours_result - their_result) < 1e-12
-                cells += [peer, f"{ratio:,.1f}x", "yes" if same else "NO"]
-            elif ours is not None:
-                cells += [peer, f">{args.timeout / max(percentiles(ours)[1], 1e-9):,.0f}x", "-"]
+                    cells += [f">{args.timeout:.0f}", "-"]
+                    continue
+                stats, cpu_stats = percentiles(times), percentiles(cpu_times)
+                rows.append(make_row("align_adversarial", provider, shape, "str", "time", "s", stats, cpu))
+                rows.append(make_row("align_adversarial", provider, shape, "str", "cpu_time", "s", cpu_stats, cpu))
+                medians[provider] = (stats[1], cpu_stats[1])
+                cells += [f"{stats[1]:.4f}", f"{cpu_stats[1]:.4f}"]
+            cells.append(peer)
+            ours, theirs = runs["asap_fast"], runs[peer]
+            if "asap_fast" in medians and peer in medians:
+                cells.append(f"{medians[peer][1] / max(medians['asap_fast'][1], 1e-6):,.1f}x")
+                same = ours[2] == theirs[2] if op != "indel" else abs(ours[2] - theirs[2]) < 1e-12
+                cells.append("yes" if same else "NO")
+            elif "asap_fast" in medians:
+                cells += [f">{args.timeout / max(medians['asap_fast'][0], 1e-6):,.0f}x", "-"]
             else:
-                cells += [peer, "-", "-"]
+                cells += ["-", "-"]
             table.append(cells)
             print("  ".join(cells), flush=True)
     print()
-    print_table(["case", "n", "asap_fast s", "peer s", "peer", "peer / asap_fast", "same result"],
-                [[c[0], c[1], c[2], c[3], c[4], c[5], c[6]] for c in table])
+    print_table(["case", "n", "asap_fast s", "cpu s", "peer s", "cpu s", "peer", "peer / asap_fast (cpu)",
+                 "same result"], table)
     print("\ncases:")
     for case in cases:
         print(f"  {case}: {ADVERSARIAL_CASES[case][0]}")
