@@ -38,7 +38,8 @@ void DifflibMatcher::set_b(TextView b) {
   }
 }
 
-DifflibMatcher::Match DifflibMatcher::find_longest_match(int64_t alo, int64_t ahi, int64_t blo, int64_t bhi) {
+DifflibMatcher::Match DifflibMatcher::find_longest_match(int64_t alo, int64_t ahi, int64_t blo, int64_t bhi,
+                                                         int64_t limit) {
   int64_t besti = alo, bestj = blo, bestsize = 0;
   // One fresh stamp per row (+1 for the row before alo); on wrap-around, forget all stamps.
   if (stamp_ > UINT32_MAX - static_cast<uint64_t>(ahi - alo) - 2) {
@@ -51,8 +52,12 @@ DifflibMatcher::Match DifflibMatcher::find_longest_match(int64_t alo, int64_t ah
   J2Len* prev = prev_.data();
   J2Len* cur = cur_.data();
   uint32_t prev_stamp = ++stamp_;
-  work_ += ahi - alo;
-  for (int64_t i = alo; i < ahi; ++i) {
+  // A run of `limit` seeding matches is the longest there can be here, and the first one met in
+  // difflib's scan order is the one difflib keeps (it only replaces on a strictly longer run), so
+  // the scan stops there. With limit 0 there is no seed in the range at all.
+  const int64_t rows = limit > 0 ? ahi - alo : 0;
+  int64_t i = alo;
+  for (; i < alo + rows; ++i) {
     const uint32_t row_stamp = ++stamp_;
     const int32_t id = a_ids_[static_cast<size_t>(i)];
     if (id != Alphabet::kAbsent) {
@@ -70,13 +75,17 @@ DifflibMatcher::Match DifflibMatcher::find_longest_match(int64_t alo, int64_t ah
           besti = i - k + 1;
           bestj = j - k + 1;
           bestsize = k;
+          if (k >= limit) break;
         }
       }
       work_ += p - first;
+      if (bestsize >= limit) break;
     }
     std::swap(prev, cur);
     prev_stamp = row_stamp;
   }
+  work_ += i - alo;
+  const int64_t seeded = bestsize;
   // isjunk is None, so no element is "junk": difflib extends the best match over any equal
   // elements, popular ones included; its junk-only second pass never fires.
   while (besti > alo && bestj > blo && a_[static_cast<size_t>(besti - 1)] == b_[static_cast<size_t>(bestj - 1)]) {
@@ -87,7 +96,7 @@ DifflibMatcher::Match DifflibMatcher::find_longest_match(int64_t alo, int64_t ah
   while (besti + bestsize < ahi && bestj + bestsize < bhi &&
          a_[static_cast<size_t>(besti + bestsize)] == b_[static_cast<size_t>(bestj + bestsize)])
     ++bestsize;
-  return {besti, bestj, bestsize};
+  return {besti, bestj, bestsize, seeded};
 }
 
 void DifflibMatcher::start_matches(TextView a) {
@@ -104,7 +113,8 @@ void DifflibMatcher::start_matches(TextView a) {
   }
   a_ids_.resize(a.size());
   for (size_t i = 0; i < a.size(); ++i) a_ids_[i] = alphabet_.id(a[i]);
-  if (!a.empty() && !b_.empty()) pending_.push_back({0, static_cast<int64_t>(a.size()), 0, static_cast<int64_t>(b_.size())});
+  if (!a.empty() && !b_.empty())
+    pending_.push_back({0, static_cast<int64_t>(a.size()), 0, static_cast<int64_t>(b_.size()), INT64_MAX});
 }
 
 int64_t DifflibMatcher::seed_count(char32_t c) const noexcept {
@@ -117,11 +127,14 @@ bool DifflibMatcher::run_matches(int64_t stop_at, int64_t budget) {
     const Range r = pending_.back();
     if (work_ >= budget) return false;
     pending_.pop_back();
-    const Match m = find_longest_match(r.alo, r.ahi, r.blo, r.bhi);
+    const Match m = find_longest_match(r.alo, r.ahi, r.blo, r.bhi, r.limit);
     if (m.size == 0) continue;
     found_ += m.size;
-    if (r.alo < m.i && r.blo < m.j) pending_.push_back({r.alo, m.i, r.blo, m.j});
-    if (m.i + m.size < r.ahi && m.j + m.size < r.bhi) pending_.push_back({m.i + m.size, r.ahi, m.j + m.size, r.bhi});
+    // Both sides are inside this range, so no run of seeding matches there is longer than the
+    // one just found.
+    if (r.alo < m.i && r.blo < m.j) pending_.push_back({r.alo, m.i, r.blo, m.j, m.seeded});
+    if (m.i + m.size < r.ahi && m.j + m.size < r.bhi)
+      pending_.push_back({m.i + m.size, r.ahi, m.j + m.size, r.bhi, m.seeded});
   }
   return true;
 }

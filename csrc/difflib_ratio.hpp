@@ -50,9 +50,11 @@ class DifflibMatcher {
  private:
   struct Match {
     int64_t i, j, size;
+    int64_t seeded;  // the run of seeding (non-popular) matches it grew from, before extension
   };
   struct Range {
     int64_t alo, ahi, blo, bhi;
+    int64_t limit;  // no run of seeding matches in the range is longer (its parent's `seeded`)
   };
   struct J2Len {
     uint32_t stamp;
@@ -71,7 +73,7 @@ class DifflibMatcher {
   // The matching-block total (stopping at stop_at) when it reaches `needed`, otherwise some count
   // below `needed`: the LCS bound decides when it costs less than the match it may save.
   int64_t matches_at_least(TextView a, int64_t needed, int64_t stop_at, bool likely_copy);
-  Match find_longest_match(int64_t alo, int64_t ahi, int64_t blo, int64_t bhi);
+  Match find_longest_match(int64_t alo, int64_t ahi, int64_t blo, int64_t bhi, int64_t limit);
 
   TextView a_;                        // the a of the current matches() run
   TextView b_;
