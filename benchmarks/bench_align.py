@@ -194,6 +194,15 @@ def build_near_copy_middle(n: int, rng: random.Random):
     return a, a[: n // 2] + " This sentence was rewritten. " + a[n // 2 + 100 :]
 
 
+def build_wide_then_tiny(n: int, rng: random.Random):
+    # One section of n distinct code points, then n / 5 two-character sections, on both sides:
+    # per-section tables sized by the widest section would be cleared for every tiny one.
+    wide = "".join(chr(0x4E00 + k) for k in range(min(n, 20_000))) + "".join(
+        chr(0x20000 + k) for k in range(max(0, n - 20_000)))
+    text = wide + "\n\n" + "\n\n".join("ab" for _ in range(n // 5))
+    return text, text
+
+
 # name -> (description, builder, operation, default sizes)
 ADVERSARIAL_CASES = {
     "random_cutoff": ("two random a-z strings, similarity(score_cutoff=0.5)", build_random_pair,
@@ -218,6 +227,8 @@ ADVERSARIAL_CASES = {
                                     "similarity", (100_000, 1_000_000)),
     "near_copy_one_section_indel": ("the same, similarity(metric='indel')", build_near_copy_one_section,
                                     "indel", (100_000, 1_000_000)),
+    "wide_then_tiny": ("a section of n distinct characters, then n/5 two-character sections, align_steps",
+                       build_wide_then_tiny, "align", (100_000,)),
     "near_copy_middle_indel": ("one long section with one sentence rewritten, similarity(metric='indel')",
                                build_near_copy_middle, "indel", (1_000_000,)),
 }
