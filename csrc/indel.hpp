@@ -2,6 +2,7 @@
 // (Hyyroe 2004: one add, one and, one or per 64 pattern code points and text element).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -23,6 +24,15 @@ class LcsMatcher {
   int64_t lcs(TextView text, int64_t needed = 0);
   double similarity(TextView text) {
     return match_ratio(lcs(text), static_cast<int64_t>(text.size() + pattern_.size()));
+  }
+  // similarity(text) >= threshold, with the length bound first and an LCS that stops as soon as
+  // it cannot reach the threshold.
+  bool reaches(TextView text, double threshold) {
+    const auto length = static_cast<int64_t>(text.size() + pattern_.size());
+    if (match_ratio(0, length) >= threshold) return true;
+    if (match_ratio(static_cast<int64_t>(std::min(text.size(), pattern_.size())), length) < threshold) return false;
+    const int64_t needed = matches_needed(threshold, length);
+    return lcs(text, needed) >= needed;
   }
 
  private:

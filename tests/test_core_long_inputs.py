@@ -98,6 +98,7 @@ def test_indel_exact_on_long_pairs(pair):
     assert af.similarity(a, b, "indel") == expected
     for t in thresholds_around(expected):
         assert af.similarity(a, b, "indel", score_cutoff=t) == (expected if expected >= t else 0.0), t
+        assert af.align_steps(a, b, t, "indel") == ([0] if expected >= t else None), t
 
 
 def test_long_sections_in_a_scan():
