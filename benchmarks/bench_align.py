@@ -324,11 +324,15 @@ def adversarial(args) -> None:
         for size in sizes:
             n = max(1, int(size * args.scale))
             shape = f"case={case};n={n}"
-            runs = {provider: run_worker(case, n, provider, repeats, args.seed, args.timeout)
+            runs = {provider: (run_worker(case, n, provider, repeats, args.seed, args.timeout)
+                               if not args.only or provider in args.only else (None, None, None))
                     for provider in ("asap_fast", peer)}
             cells = [case, f"{n:,}"]
             medians = {}
             for provider, (times, cpu_times, _) in runs.items():
+                if args.only and provider not in args.only:
+                    cells += ["-", "-"]
+                    continue
                 if times is None:
                     rows.append(make_row("align_adversarial", provider, shape, "str", "time_at_least", "s",
                                          (args.timeout,) * 3, cpu))
@@ -370,7 +374,9 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, default=2, help="threads for the batch engine")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--csv", type=Path, default=Path(__file__).with_name("results.csv"))
-    parser.add_argument("--only", nargs="*", default=None, help="run only these engines (names as printed)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only these engines (names as printed; with --adversarial: asap_fast, difflib, "
+                             "rapidfuzz)")
     parser.add_argument("--adversarial", action="store_true", help="the worst-case inputs instead of the traces")
     parser.add_argument("--cases", nargs="*", choices=sorted(ADVERSARIAL_CASES), default=None,
                         help="adversarial cases to run (default: all)")
