@@ -349,7 +349,7 @@ def adversarial(args) -> None:
                 cells.append(f"{medians[peer][1] / max(medians['asap_fast'][1], 1e-6):,.1f}x")
                 same = ours[2] == theirs[2] if op != "indel" else abs(ours[2] - theirs[2]) < 1e-12
                 cells.append("yes" if same else "NO")
-            elif "asap_fast" in medians:
+            elif "asap_fast" in medians and not (args.only and peer not in args.only):
                 cells += [f">{args.timeout / max(medians['asap_fast'][0], 1e-6):,.0f}x", "-"]
             else:
                 cells += ["-", "-"]
