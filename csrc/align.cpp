@@ -55,7 +55,7 @@ std::optional<std::vector<int64_t>> align_steps(TextView original, TextView comp
       return m.reaches(o, threshold);
     });
   return scan<LcsMatcher>(original, compressed,
-                          [threshold](LcsMatcher& m, TextView o) { return m.similarity(o) >= threshold; });
+                          [threshold](LcsMatcher& m, TextView o) { return m.reaches(o, threshold); });
 }
 
 }  // namespace asap

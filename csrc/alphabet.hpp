@@ -21,7 +21,17 @@ class Alphabet {
   // Forgets every id and numbers the distinct code points of text from 0 in order of appearance.
   void assign(TextView text) {
     ascii_.fill(kAbsent);
-    std::fill(slots_.begin(), slots_.end(), Slot{});
+    // Clearing costs the table's size, which the largest text seen so far set: after one section
+    // of 100k distinct characters, clearing that table for each of 100k two-character sections
+    // would cost more than difflib's whole scan. A table much larger than this text needs is
+    // dropped instead (grow() makes a fresh one), so the cost stays O(len(text)).
+    if (slots_.size() > 8 * text.size() + 64) {
+      slots_.clear();
+      slots_.shrink_to_fit();
+      mask_ = 0;
+    } else {
+      std::fill(slots_.begin(), slots_.end(), Slot{});
+    }
     wide_ = 0;
     size_ = 0;
     for (char32_t c : text) insert(c);

@@ -30,8 +30,14 @@ double cutoff_similarity(TextView a, TextView b, Metric metric, double cutoff) {
     matcher.set_b(b);
     score = matcher.ratio_at_least(a, cutoff);
   } else {
-    score = match_ratio(static_cast<int64_t>(std::min(a.size(), b.size())), static_cast<int64_t>(a.size() + b.size()));
-    if (score >= cutoff) score = indel_similarity(a, b);
+    const auto length = static_cast<int64_t>(a.size() + b.size());
+    score = match_ratio(static_cast<int64_t>(std::min(a.size(), b.size())), length);
+    if (score >= cutoff) {
+      thread_local LcsMatcher matcher;
+      matcher.set_pattern(b);
+      // With a cutoff the LCS stops as soon as it cannot reach the fewest matches the cutoff needs.
+      score = match_ratio(matcher.lcs(a, length ? matches_needed(cutoff, length) : 0), length);
+    }
   }
   return score >= cutoff ? score : 0.0;
 }
@@ -44,7 +50,8 @@ void bind_match(py::module_& m) {
       [](py::handle a, py::handle b, const std::string& metric, double score_cutoff) {
         const Metric mt = metric_arg(metric);
         check_unit_interval(score_cutoff, "similarity", "score_cutoff");
-        const Text ta = to_text(a, "similarity", "a"), tb = to_text(b, "similarity", "b");
+        const Text ta = to_text(a, "similarity", "a", kMaxMatchLength);
+        const Text tb = to_text(b, "similarity", "b", kMaxMatchLength);
         py::gil_scoped_release release;
         return cutoff_similarity(ta, tb, mt, score_cutoff);
       },
@@ -55,8 +62,8 @@ void bind_match(py::module_& m) {
       [](py::handle a, py::handle b, const std::string& metric, double score_cutoff, int workers) {
         const Metric mt = metric_arg(metric);
         check_unit_interval(score_cutoff, "similarity_batch", "score_cutoff");
-        const std::vector<Text> ta = to_texts(a, "similarity_batch", "a");
-        const std::vector<Text> tb = to_texts(b, "similarity_batch", "b");
+        const std::vector<Text> ta = to_texts(a, "similarity_batch", "a", false, kMaxMatchLength).texts;
+        const std::vector<Text> tb = to_texts(b, "similarity_batch", "b", false, kMaxMatchLength).texts;
         if (ta.size() != tb.size())
           throw py::value_error("similarity_batch(): a and b must have the same length, got " +
                                 std::to_string(ta.size()) + " and " + std::to_string(tb.size()));
@@ -76,7 +83,9 @@ void bind_match(py::module_& m) {
   m.def(
       "quick_ratio",
       [](py::handle a, py::handle b) {
-        const Text ta = to_text(a, "quick_ratio", "a"), tb = to_text(b, "quick_ratio", "b");
+        const Text ta = to_text(a, "quick_ratio", "a", kMaxMatchLength);
+        const Text tb = to_text(b, "quick_ratio", "b", kMaxMatchLength);
+        py::gil_scoped_release release;
         return DifflibMatcher(tb).quick_ratio(ta);
       },
       py::arg("a"), py::arg("b"), "difflib.SequenceMatcher(None, a, b).quick_ratio()");
@@ -84,7 +93,9 @@ void bind_match(py::module_& m) {
   m.def(
       "real_quick_ratio",
       [](py::handle a, py::handle b) {
-        const Text ta = to_text(a, "real_quick_ratio", "a"), tb = to_text(b, "real_quick_ratio", "b");
+        const Text ta = to_text(a, "real_quick_ratio", "a", kMaxMatchLength);
+        const Text tb = to_text(b, "real_quick_ratio", "b", kMaxMatchLength);
+        py::gil_scoped_release release;
         return DifflibMatcher(tb).real_quick_ratio(ta);
       },
       py::arg("a"), py::arg("b"), "difflib.SequenceMatcher(None, a, b).real_quick_ratio()");
@@ -94,8 +105,8 @@ void bind_match(py::module_& m) {
       [](py::handle original, py::handle compressed, double threshold, const std::string& metric) {
         const Metric mt = metric_arg(metric);
         check_unit_interval(threshold, "align_steps", "threshold");
-        const Text o = to_text(original, "align_steps", "original");
-        const Text c = to_text(compressed, "align_steps", "compressed");
+        const Text o = to_text(original, "align_steps", "original", kMaxMatchLength);
+        const Text c = to_text(compressed, "align_steps", "compressed", kMaxMatchLength);
         py::gil_scoped_release release;
         return align_steps(o, c, threshold, mt);
       },
@@ -106,8 +117,8 @@ void bind_match(py::module_& m) {
       [](py::handle originals, py::handle compressed, double threshold, const std::string& metric, int workers) {
         const Metric mt = metric_arg(metric);
         check_unit_interval(threshold, "align_steps_batch", "threshold");
-        const std::vector<Text> o = to_texts(originals, "align_steps_batch", "originals");
-        const std::vector<Text> c = to_texts(compressed, "align_steps_batch", "compressed");
+        const std::vector<Text> o = to_texts(originals, "align_steps_batch", "originals", false, kMaxMatchLength).texts;
+        const std::vector<Text> c = to_texts(compressed, "align_steps_batch", "compressed", false, kMaxMatchLength).texts;
         if (o.size() != c.size())
           throw py::value_error("align_steps_batch(): originals and compressed must have the same length, got " +
                                 std::to_string(o.size()) + " and " + std::to_string(c.size()));

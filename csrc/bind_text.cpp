@@ -43,19 +43,23 @@ void bind_text(py::module_& m) {
   m.def(
       "split_steps_batch",
       [](py::handle texts, int workers) {
-        const std::vector<Text> ts = to_texts(texts, "split_steps_batch", "texts");
-        std::vector<std::vector<Span>> spans(ts.size());
+        // The items are kept (owned) so that the steps are sliced from the very str objects that
+        // were split: indexing `texts` again could return anything by now.
+        const TextBatch batch = to_texts(texts, "split_steps_batch", "texts", /*keep_items=*/true);
+        std::vector<std::vector<Span>> spans(batch.texts.size());
         {
           py::gil_scoped_release release;
-          parallel_for(static_cast<int64_t>(ts.size()), workers,
-                       [&](int64_t i) { spans[static_cast<size_t>(i)] = split_step_spans(ts[static_cast<size_t>(i)]); });
+          parallel_for(static_cast<int64_t>(batch.texts.size()), workers, [&](int64_t i) {
+            spans[static_cast<size_t>(i)] = split_step_spans(batch.texts[static_cast<size_t>(i)]);
+          });
         }
-        const py::sequence items = py::reinterpret_borrow<py::sequence>(texts);
-        py::list out(ts.size());
-        for (size_t i = 0; i < ts.size(); ++i) out[i] = substrings(items[i], spans[i]);
+        py::list out(batch.items.size());
+        for (size_t i = 0; i < batch.items.size(); ++i)
+          PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), substrings(batch.items[i], spans[i]).release().ptr());
         return out;
       },
-      py::arg("texts"), py::arg("workers") = 1, "split_steps for each text; workers <= 0 uses every core.");
+      py::arg("texts"), py::arg("workers") = 1,
+      "split_steps for each text; workers <= 0 uses every core, and no more threads than cores are started.");
 }
 
 }  // namespace asap::bind
