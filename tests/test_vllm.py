@@ -275,3 +275,27 @@ def test_eval_with_vllm_matches_hf_greedy(tmp_path, generation_setup):
           f"{[g['num_tokens'] for g in theirs]}; latency vLLM {by_vllm['latency_s']:.3f} s/problem, "
           f"hf {by_hf['latency_s']:.3f} s/problem")
     assert agree == len(ours)
+
+
+# --------------------------------------------------------------------------------------------
+# asap bench stage2 with vLLM beside ours
+
+
+def test_bench_stage2_measures_vllm_beside_ours(tmp_path, capsys):
+    import csv
+    import re
+
+    out = tmp_path / "rows.csv"
+    assert asap(["bench", "stage2", "--tokens", "600", "--vocab", "2048", "--tokenizer-vocab", "2048", "--hidden", "64",
+                 "--heads", "2", "--kv-heads", "1", "--intermediate", "128", "--reps", "1", "--providers",
+                 "asap_fast,backbone,vllm", "--batch", "3", "--batch-tokens", "400", "--csv", str(out)]) == 0
+    printed = capsys.readouterr().out
+    agreement = re.findall(r"asap_fast vs vllm: max \|surprisal difference\| (\S+), same kept set in (\d+)/(\d+)", printed)
+    assert len(agreement) == 2, printed
+    for diff, same, total in agreement:
+        assert float(diff) <= SURPRISAL_ATOL and same == total
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    vllm_rows = [r for r in rows if r["provider"].startswith("vllm (vllm")]
+    assert {r["metric"] for r in vllm_rows} >= {"time", "throughput", "peak_rss", "engine_start", "time_vs_asap_fast"}
+    assert all(float(r["p50"]) > 0 for r in vllm_rows if r["metric"] in ("time", "engine_start"))

