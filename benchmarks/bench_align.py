@@ -48,65 +48,9 @@ from asap_fast.simulate import simulate_compression  # noqa: E402
 DEFAULT_TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cot-traces.jsonl"
 
 
-def load_pairs(path: Path, limit: int | None, seed: int) -> list[tuple[str, str]]:
-    rng = random.Random(seed)
-    pairs = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                think = af.parse_trace(json.loads(line)["generation"], require_code=False).think
-            except af.TraceError:
-                continue
-            if not think:  # nothing for stage 1 to compress (stage 1b rejects it)
-                continue
-            # A mix like real LLM output: some compressions keep paragraphs verbatim, some edit
-            # words, some invent a paragraph (which the check must reject).
-            compressed = simulate_compression(
-                think, rng, drop_word=rng.choice([0.0, 0.02, 0.1]), invent=rng.choice([0.0, 0.5])
-            )
-            pairs.append((think, compressed))
-    return pairs[:limit]
-
-
-def count_comparisons(pairs) -> int:
-    calls = 0
-
-    def counting_ratio(a: str, b: str) -> float:
-        nonlocal calls
-        calls += 1
-        return difflib.SequenceMatcher(None, a, b).ratio()
-
-    for original, compressed in pairs:
-        align_steps_ref(original, compressed, ratio=counting_ratio)
-    return calls
-
-
-def engines(workers: int):
-    """name -> (function over all pairs, is it difflib-exact by construction)."""
-    out = {
-        "difflib": lambda pairs: [align_steps_ref(o, c) for o, c in pairs],
-        "asap_fast": lambda pairs: [af.align_steps(o, c) for o, c in pairs],
-        f"asap_fast_batch_{workers}w": lambda pairs: af.align_steps_batch(*zip(*pairs), workers=workers),
-        "asap_fast_indel": lambda pairs: [af.align_steps(o, c, metric="indel") for o, c in pairs],
-    }
-    try:
-        import cydifflib
-
-        def cy_ratio(a, b):
-            return cydifflib.SequenceMatcher(None, a, b).ratio()
-
-        out["cydifflib"] = lambda pairs: [align_steps_ref(o, c, ratio=cy_ratio) for o, c in pairs]
-    except ImportError:
-        print("cydifflib not installed: skipped", file=sys.stderr)
-    try:
-        from rapidfuzz.distance import Indel
-
-        out["rapidfuzz"] = lambda pairs: [
-            align_steps_ref(o, c, ratio=Indel.normalized_similarity) for o, c in pairs
-        ]
-    except ImportError:
-        print("rapidfuzz not installed: skipped", file=sys.stderr)
-    return out
+# The measurement lives in the package (asap_fast/bench/align.py, also `asap bench align`).
+from asap_fast.bench.align import AlignConfig, count_comparisons, engines, load_pairs  # noqa: E402,F401
+from asap_fast.bench.align import run as measure_traces  # noqa: E402
 
 
 # ---------------------------------------------------------------------------------------------
@@ -396,38 +340,10 @@ def main(argv=None) -> None:
         return
     args.repeats = args.repeats or 3
 
-    pairs = load_pairs(args.traces, args.limit, args.seed)
-    comparisons = count_comparisons(pairs)
-    reference = [align_steps_ref(o, c) for o, c in pairs]
-    accepted = sum(r is not None for r in reference)
-    print(f"{len(pairs)} traces, {accepted} compressions accepted by difflib, {comparisons} section comparisons")
-
-    cpu = torch.device("cpu")
-    results = {}
-    for name, run in engines(args.workers).items():
-        if args.only and name not in args.only and name != "asap_fast":
-            continue
-        decisions = run(pairs)
-        flips = sum((d is None) != (r is None) for d, r in zip(decisions, reference))
-        same = sum(d == r for d, r in zip(decisions, reference))
-        results[name] = (percentiles(time_fn(lambda: run(pairs), cpu, reps=args.repeats)), flips, same)
-
-    base = results["asap_fast"][0][1]
-    shape = f"traces={len(pairs)};comparisons={comparisons}"
-    rows, table = [], []
-    for name, (times, flips, same) in results.items():
-        p50 = times[1]
-        pairs_per_s = tuple(comparisons / t for t in times)
-        rows += [
-            make_row("align_steps", name, shape, "str", "time", "s", times, cpu),
-            make_row("align_steps", name, shape, "str", "throughput", "section_pairs/s", pairs_per_s, cpu),
-            make_row("align_steps", name, shape, "str", "decision_flips_vs_difflib", "traces", (flips,) * 3, cpu),
-        ]
-        table.append([name, f"{p50:.4f}", f"{comparisons / p50:,.0f}", f"{p50 / base:.1f}", str(flips), str(same)])
-    print_table(["engine", "p50 s", "pairs/s", "time / asap_fast", "flips", "identical"], table)
+    rows = measure_traces(AlignConfig(traces=args.traces, limit=args.limit, repeats=args.repeats,
+                                      workers=args.workers, seed=args.seed, only=args.only))
     append_rows(rows, args.csv)
-    print(f"\nflips: accept/reject decisions that differ from difflib's (of {len(pairs)}); identical: same "
-          f"matched indices too. Rows appended to {args.csv}")
+    print(f"Rows appended to {args.csv}")
 
 
 if __name__ == "__main__":

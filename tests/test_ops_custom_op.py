@@ -222,3 +222,101 @@ def test_package_imports_and_runs_without_triton():
                           cwd=tempfile.gettempdir())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "impl='triton' needs triton and a CUDA tensor (or TRITON_INTERPRET=1); triton is not installed" in proc.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# a Triton kernel that cannot compile or launch where it should run
+
+
+@pytest.fixture
+def triton_believed_runnable(no_interpreter, monkeypatch):
+    """auto picks Triton for CPU tensors as it would on a GPU; the kernels here are compiled (not
+    interpreted), and Triton, having no CPU driver, really fails to compile and launch them: the
+    situation of a GPU the kernels cannot serve (no bf16 MMA, ROCm, a mismatched Triton)."""
+    if _dispatch.triton is None:
+        pytest.skip("triton is not installed")
+    monkeypatch.setattr(_dispatch, "triton_unavailable_reason", lambda device: None)
+    monkeypatch.setattr(_dispatch, "TRITON_FAILURES", {})
+
+
+def test_auto_falls_back_to_torch_with_one_warning_naming_the_cause(triton_believed_runnable):
+    import warnings
+
+    logits, targets = lsg_inputs()
+    hidden, weight, lin_targets, bias = linear_inputs(dtype=torch.bfloat16)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            lsg = ops.logsoftmax_gather(logits, targets)
+            linear = ops.linear_logsoftmax_gather(hidden, weight, lin_targets, bias)
+    messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    print("\n".join(messages))
+    assert len(messages) == 2  # one per op (and device, dtype), not one per call
+    assert messages[0].startswith("asap_fast.ops.logsoftmax_gather: the Triton kernel cannot run on cpu, float32 (")
+    assert messages[1].startswith("asap_fast.ops.linear_logsoftmax_gather: the Triton kernel cannot run on cpu, bfloat16 (")
+    for message in messages:
+        assert "active drivers" in message and "using the torch path instead" in message and "\n" not in message
+    assert torch.equal(lsg, ops.logsoftmax_gather(logits, targets, impl="torch"))
+    assert torch.equal(linear, ops.linear_logsoftmax_gather(hidden, weight, lin_targets, bias, impl="torch"))
+
+
+def test_explicit_triton_still_raises_when_the_kernel_cannot_run(triton_believed_runnable, monkeypatch):
+    logits, targets = lsg_inputs()
+    with pytest.raises(RuntimeError, match=r"^impl='triton': the Triton kernel of logsoftmax_gather cannot run on "
+                                           r"cpu, float32: RuntimeError: .*active drivers"):
+        ops.logsoftmax_gather(logits, targets, impl="triton")
+    monkeypatch.setenv(_dispatch.ENV_VAR, "triton")
+    with pytest.raises(RuntimeError, match=r"^ASAP_FAST_OPS_IMPL='triton': the Triton kernel of linear_logsoftmax_gather"):
+        ops.linear_logsoftmax_gather(*linear_inputs())
+    # a failure remembered for auto does not excuse an explicit choice
+    monkeypatch.delenv(_dispatch.ENV_VAR)
+    with pytest.warns(RuntimeWarning):
+        ops.logsoftmax_gather(logits, targets)
+    with pytest.raises(RuntimeError, match="cannot run on cpu"):
+        ops.logsoftmax_gather(logits, targets, impl="triton")
+
+
+def test_input_precision_is_validated_and_reaches_the_op():
+    hidden, weight, targets, bias = linear_inputs()
+    with pytest.raises(ValueError, match=r"input_precision must be one of \('ieee', 'tf32x3'\); got 'tf32'"):
+        ops.linear_logsoftmax_gather(hidden, weight, targets, bias, input_precision="tf32")
+    # the torch path is fp32 throughout: the option changes nothing there
+    assert torch.equal(ops.linear_logsoftmax_gather(hidden, weight, targets, bias, input_precision="tf32x3"),
+                       ops.linear_logsoftmax_gather(hidden, weight, targets, bias))
+    result = torch.library.opcheck(torch.ops.asap_fast.linear_logsoftmax_gather.default,
+                                   (hidden, weight, targets, bias, "auto", "tf32x3"))
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+@pytest.mark.gpu
+def test_kernels_launch_on_their_tensors_device_not_the_current_one():
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA devices")
+    logits, targets = (t.to("cuda:1") for t in lsg_inputs(n_rows=64, n_vocab=151937))
+    hidden, weight, lin_targets, bias = (t.to("cuda:1") for t in linear_inputs(n_rows=64, n_hidden=900, n_vocab=151937))
+    with torch.cuda.device(0):
+        lsg = ops.logsoftmax_gather(logits, targets, impl="triton")
+        linear = ops.linear_logsoftmax_gather(hidden, weight, lin_targets, bias, impl="triton")
+    assert lsg.device == logits.device and linear.device == hidden.device
+    torch.testing.assert_close(lsg, ops.logsoftmax_gather(logits, targets, impl="torch"), rtol=0, atol=2e-5)
+    torch.testing.assert_close(linear, ops.linear_logsoftmax_gather(hidden, weight, lin_targets, bias, impl="torch"),
+                               rtol=0, atol=1e-3)
+
+
+@pytest.mark.gpu
+def test_no_host_sync_per_call_and_out_of_range_targets_give_nan():
+    """The targets' range is not read back on a GPU (a sync per call, no CUDA-graph capture): the
+    ops run with sync debug mode set to error, and a bad target gives NaN in its row only."""
+    logits, targets = (t.cuda() for t in lsg_inputs(n_rows=8, n_vocab=1000))
+    hidden, weight, lin_targets, bias = (t.cuda() for t in linear_inputs(n_rows=8, n_vocab=1000))
+    targets[3], lin_targets[5] = 1000, -1
+    for impl in ("triton", "torch"):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            lsg = ops.logsoftmax_gather(logits, targets, impl=impl)
+            linear = ops.linear_logsoftmax_gather(hidden, weight, lin_targets, bias, impl=impl)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert lsg.isnan().tolist() == [i == 3 for i in range(8)], impl
+        assert linear.isnan().tolist() == [i == 5 for i in range(8)], impl

@@ -221,12 +221,19 @@ INTERPRETER_CASES = [
     dict(n=20, d=40, v=700, bias=True, masked_prefix=300, block_v=64, num_splits=3),
     # non-contiguous hidden and weight, splits of two tiles
     dict(n=9, d=24, v=333, bias=False, strided=True, block_v=32, num_splits=5),
+    # a real vocabulary plus one: the last 128-column tile holds one column
+    dict(n=3, d=20, v=151937, bias=False),
+    # D = 900: 28 full 32-wide D blocks and a tail of 4
+    dict(n=5, d=900, v=1000, bias=True, num_splits=2),
+    # both at once, fp32 only: the interpreter gathers the whole 137M-element weight through index
+    # arrays (~40 s a dtype); blocks larger than a GPU's keep it there, the tails stay (385 and 132)
+    dict(n=2, d=900, v=151937, bias=True, block_v=2048, block_d=256, dtypes=("float32",)),
 ]
 INTERPRETER_IDS = [
     f"{dt}-N{c['n']}-D{c['d']}-V{c['v']}{'-bias' if c['bias'] else ''}"
     f"{''.join(f'-{k}{c[k]}' for k in ('num_splits', 'block_d', 'block_v', 'masked_prefix', 'strided') if k in c)}"
     for c in INTERPRETER_CASES
-    for dt in DTYPES
+    for dt in c.get("dtypes", DTYPES)
 ]
 
 
@@ -237,7 +244,7 @@ def run_interpreter_cases() -> dict:
     ids = iter(INTERPRETER_IDS)
     for seed, case in enumerate(INTERPRETER_CASES):
         overrides = {k: case[k] for k in ("num_splits", "block_d", "block_v") if k in case}
-        for dtype in DTYPES.values():
+        for dtype in (DTYPES[name] for name in case.get("dtypes", DTYPES)):
             inputs = make_inputs(case["n"], case["d"], case["v"], dtype, seed=seed, bias=case["bias"],
                                  strided=case.get("strided", False), masked_prefix=case.get("masked_prefix", 0))
             if overrides:
@@ -245,6 +252,19 @@ def run_interpreter_cases() -> dict:
             else:
                 ours = linear_logsoftmax_gather(*inputs, impl="triton")
             results[next(ids)] = errors_vs_truth(ours, *inputs)
+    # fp32 products as three TF32 products (the interpreter computes them in fp32 all the same:
+    # this checks the plumbing; the accuracy on tensor cores is a gpu test)
+    inputs = make_inputs(37, 67, 1001, torch.float32, seed=11, bias=True)
+    results["tf32x3"] = errors_vs_truth(linear_logsoftmax_gather(*inputs, impl="triton", input_precision="tf32x3"), *inputs)
+    # targets outside [0, V) reach the kernel unchecked on a GPU: masked, NaN in their rows only,
+    # with one split (direct output) and with several (through the combine kernel)
+    hidden, weight, targets, bias = make_inputs(6, 40, 700, torch.float32, seed=12, bias=True)
+    targets[1], targets[4] = -1, 700
+    results["bad_targets"] = {
+        str(splits): linear_module._linear_logsoftmax_gather_triton(hidden, weight, targets, bias, num_splits=splits,
+                                                                    block_v=64).isnan().tolist()
+        for splits in (1, 4)
+    }
     return results
 
 
@@ -253,7 +273,7 @@ def interpreter_results() -> dict:
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != _dispatch.ENV_VAR}
     env["TRITON_INTERPRET"] = "1"
-    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, __file__], capture_output=True, text=True, env=env, timeout=900)
     if proc.returncode != 0:
         pytest.fail(f"interpreter subprocess failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -269,6 +289,15 @@ def test_triton_kernel_matches_fp64(interpreter_results, case_id):
     assert_within_tolerance(interpreter_results[case_id], n_rows)
 
 
+def test_triton_kernel_tf32x3_option(interpreter_results):
+    assert_within_tolerance(interpreter_results["tf32x3"], 37)
+
+
+def test_triton_kernel_gives_nan_for_out_of_range_targets(interpreter_results):
+    expected = [False, True, False, False, True, False]
+    assert interpreter_results["bad_targets"] == {"1": expected, "4": expected}
+
+
 # --------------------------------------------------------------------------------------------
 # GPU
 
@@ -277,7 +306,9 @@ def test_triton_kernel_matches_fp64(interpreter_results, case_id):
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
 @pytest.mark.parametrize(
     "n_rows, n_hidden, n_vocab, bias",
-    [(1, 896, 151936, False), (64, 3584, 152064, True), (1000, 896, 151936, True), (4096, 3584, 151936, False)],
+    [(1, 896, 151936, False), (64, 3584, 152064, True), (1000, 896, 151936, True), (4096, 3584, 151936, False),
+     # a vocabulary that is not a multiple of the 128-column tile and a D that is not one of BLOCK_D
+     (1, 900, 151937, True), (300, 900, 151937, False)],
 )
 def test_gpu_triton_matches_fp64_and_torch_path(dtype_name, n_rows, n_hidden, n_vocab, bias):
     inputs = make_inputs(n_rows, n_hidden, n_vocab, DTYPES[dtype_name], seed=n_rows, bias=bias)
@@ -287,6 +318,19 @@ def test_gpu_triton_matches_fp64_and_torch_path(dtype_name, n_rows, n_hidden, n_
     assert_within_tolerance(errors_vs_truth(ours, *inputs), n_rows)
     # both accumulate in fp32 from the same inputs
     assert (ours - torch_path).abs().max().item() <= 1e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n_rows, n_hidden, n_vocab", [(64, 896, 151936), (1000, 900, 151937)])
+def test_gpu_tf32x3_is_fp32_accurate(n_rows, n_hidden, n_vocab):
+    inputs = make_inputs(n_rows, n_hidden, n_vocab, torch.float32, seed=5, bias=True)
+    inputs = tuple(t.cuda() for t in inputs)
+    ieee = linear_logsoftmax_gather(*inputs, impl="triton")
+    tf32x3 = linear_logsoftmax_gather(*inputs, impl="triton", input_precision="tf32x3")
+    stats = errors_vs_truth(tf32x3, *inputs)
+    print(f"max |tf32x3 - ieee| {(tf32x3 - ieee).abs().max().item():.3e}")
+    # three TF32 products recover ~fp32 products; the log-sum-exp over 152k terms adds the rest
+    check_tolerance(stats, n_rows, 1e-4)
 
 
 @pytest.mark.gpu

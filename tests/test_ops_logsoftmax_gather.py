@@ -179,6 +179,7 @@ INTERPRETER_CASES = [
     dict(n=6, v=1000, block_v=128, strided=False, masked_prefix=0),  # tail tile of 104
     dict(n=33, v=4099, block_v=None, strided=False, masked_prefix=0),  # 2 tiles of 4096, tail of 3
     dict(n=5, v=1001, block_v=128, strided=True, masked_prefix=300),  # 2 whole -inf tiles first
+    dict(n=3, v=151937, block_v=None, strided=False, masked_prefix=0),  # a real vocab plus one: tail of 385
 ]
 INTERPRETER_IDS = [
     f"{dt}-N{c['n']}-V{c['v']}-B{c['block_v']}{'-strided' if c['strided'] else ''}{'-masked' if c['masked_prefix'] else ''}"
@@ -201,6 +202,10 @@ def run_interpreter_cases() -> dict:
             else:
                 ours = lsg_module._logsoftmax_gather_triton(logits, targets, block_v=case["block_v"])
             results[next(ids)] = errors_vs_truth(ours, logits, targets)
+    # targets outside [0, V) reach the kernel unchecked on a GPU: a masked load, NaN in that row only
+    logits, targets = make_inputs(5, 300, torch.float32, seed=9)
+    targets[1], targets[3] = -1, 10**6
+    results["bad_targets"] = lsg_module._logsoftmax_gather_triton(logits, targets).isnan().tolist()
     return results
 
 
@@ -226,13 +231,17 @@ def test_triton_kernel_matches_fp64(interpreter_results, case_id):
     assert_within_tolerance(stats, n_rows)
 
 
+def test_triton_kernel_gives_nan_for_out_of_range_targets(interpreter_results):
+    assert interpreter_results["bad_targets"] == [False, True, False, True, False]
+
+
 # --------------------------------------------------------------------------------------------
 # GPU
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype_name", list(DTYPES))
-@pytest.mark.parametrize("n_rows, n_vocab", [(1, 151936), (300, 152064), (20_000, 151936)])
+@pytest.mark.parametrize("n_rows, n_vocab", [(1, 151936), (300, 152064), (20_000, 151936), (7, 151937), (300, 151937)])
 def test_gpu_triton_matches_fp64_and_torch_path(dtype_name, n_rows, n_vocab):
     logits, targets = make_inputs(n_rows, n_vocab, DTYPES[dtype_name], seed=n_rows)
     logits, targets = logits.cuda(), targets.cuda()

@@ -14,6 +14,7 @@ import sys
 
 from asap_fast import __version__
 from asap_fast.cli import (
+    bench,
     coarse,
     compress,
     direct,
@@ -25,7 +26,7 @@ from asap_fast.cli import (
     split,
 )
 
-COMMANDS = (split, direct, coarse, fine, compress, merge, report, sft, eval)
+COMMANDS = (split, direct, coarse, fine, compress, merge, report, sft, eval, bench)
 EXIT_INTERRUPTED = 130
 
 

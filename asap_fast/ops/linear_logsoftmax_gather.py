@@ -29,22 +29,29 @@ from asap_fast.ops._dispatch import (
     check_targets,
     check_targets_range,
     num_sms,
-    resolve_impl,
+    run_impl,
     tl,
     triton,
 )
 
-__all__ = ["linear_logsoftmax_gather", "linear_logsoftmax_gather_ref", "plan_torch_chunks"]
+__all__ = ["FP32_PRECISIONS", "linear_logsoftmax_gather", "linear_logsoftmax_gather_ref", "plan_torch_chunks"]
+
+# tl.dot precisions offered for fp32 inputs: "ieee" (exact fp32 FMA, off the tensor cores) and
+# "tf32x3" (three TF32 tensor-core products, ~fp32 accuracy). Plain "tf32" (~1e-3 relative error
+# on each logit) is not offered: it would change surprisal ranks.
+FP32_PRECISIONS = ("ieee", "tf32x3")
 
 
 if triton is not None:
 
-    @triton.jit
+    # Row counts and split sizes vary from call to call: specializing on them (== 1, multiples of
+    # 16) would compile a new kernel for each new value instead of reusing one.
+    @triton.jit(do_not_specialize=["n_rows", "tiles_per_split"])
     def _linear_lse_partials_kernel(
         Hidden_ptr,  # (N, D) fp32/bf16/fp16
         Weight_ptr,  # (V, D) same dtype as hidden
         Bias_ptr,  # (V,) fp32/bf16/fp16, unused unless HAS_BIAS
-        Targets_ptr,  # (N,) int64 in [0, V)
+        Targets_ptr,  # (N,) int64; rows whose target is outside [0, V) get NaN
         PartialMax_ptr,  # (num_splits, N) fp32: per split, max logit of the row
         PartialSumExp_ptr,  # (num_splits, N) fp32: sum of exp(logit - that max)
         PartialTarget_ptr,  # (num_splits, N) fp32: target logit if it falls in the split, else 0
@@ -78,7 +85,11 @@ if triton is not None:
 
         running_max = tl.full([BLOCK_N], float("-inf"), tl.float32)
         running_sum = tl.zeros([BLOCK_N], tl.float32)
-        target_logit = tl.zeros([BLOCK_N], tl.float32)
+        # NaN for a target outside [0, V): it matches no column, and the range is not checked on
+        # the host (a sync per call); NaN survives the combine of the splits.
+        target_ok = (targets >= 0) & (targets < n_vocab)
+        target_logit = tl.where(target_ok, 0.0, float("nan"))
+        tile_columns = tl.arange(0, BLOCK_V)
 
         v_begin = split * tiles_per_split * BLOCK_V
         v_end = tl.minimum(v_begin + tiles_per_split * BLOCK_V, n_vocab)
@@ -105,7 +116,10 @@ if triton is not None:
                 acc += tl.load(Bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
             logits = tl.where(col_mask[None, :], acc, float("-inf"))
 
-            target_logit += tl.sum(tl.where(cols[None, :] == targets[:, None], logits, 0.0), axis=1)
+            # int32 comparison against the tile's own column numbers: |target - v_start| < 2**31
+            # for any vocabulary an int32 index can address, and int64 lanes cost twice the registers.
+            tile_targets = (targets - v_start).to(tl.int32)
+            target_logit += tl.sum(tl.where(tile_columns[None, :] == tile_targets[:, None], logits, 0.0), axis=1)
             new_max = tl.maximum(running_max, tl.max(logits, axis=1))
             # All -inf so far (a bias that masks vocab): shift by 0 so exp gives 0, not nan.
             shift = tl.where(new_max == float("-inf"), 0.0, new_max)
@@ -124,7 +138,7 @@ if triton is not None:
             tl.store(PartialSumExp_ptr + offsets, running_sum, mask=row_mask)
             tl.store(PartialTarget_ptr + offsets, target_logit, mask=row_mask)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n_rows", "num_splits"])
     def _combine_partials_kernel(
         PartialMax_ptr,  # (num_splits, N) fp32
         PartialSumExp_ptr,  # (num_splits, N) fp32
@@ -181,11 +195,13 @@ def _linear_logsoftmax_gather_triton(
     block_v: int | None = None,
     block_d: int | None = None,
     num_splits: int | None = None,
+    input_precision: str = "ieee",
 ) -> torch.Tensor:
     """Launch the partials kernel over (row blocks, vocab splits), then combine the splits.
 
     hidden: (N, D), weight: (V, D) same float dtype, bias: (V,) or None, targets: (N,) int64 -> (N,) fp32.
-    The keyword overrides exist for tests (forcing several splits, tail tiles) and tuning.
+    input_precision: tl.dot precision for fp32 inputs (FP32_PRECISIONS); bf16/fp16 use their MMA.
+    The block and split overrides exist for tests (forcing several splits, tail tiles) and tuning.
     """
     n_rows, n_hidden = hidden.shape
     n_vocab = weight.shape[0]
@@ -234,8 +250,8 @@ def _linear_logsoftmax_gather_triton(
         BLOCK_N=block_n,
         BLOCK_V=block_v,
         BLOCK_D=block_d,
-        # fp32 products in full precision (tl.dot's default for fp32 is TF32, ~1e-3 relative error).
-        DOT_PRECISION="ieee" if hidden.dtype == torch.float32 or upcast_operands else "tf32",
+        # fp32 products never in plain TF32 (tl.dot's default for fp32, ~1e-3 relative error).
+        DOT_PRECISION=input_precision if hidden.dtype == torch.float32 or upcast_operands else "tf32",
         UPCAST_OPERANDS=upcast_operands,
         num_warps=num_warps,
         num_stages=num_stages,
@@ -298,11 +314,17 @@ def linear_logsoftmax_gather_ref(
     :func:`plan_torch_chunks`); the running state is two (N,) fp32 vectors.
 
     hidden: (N, D) fp32/bf16/fp16; weight: (V, D) same dtype; bias: (V,) fp32/bf16/fp16 or None;
-    targets: (N,) int64 in [0, V). Returns (N,) fp32.
+    targets: (N,) int64 in [0, V) (NaN in the rows of others). Returns (N,) fp32.
     """
     n_rows, n_hidden = hidden.shape
     n_vocab = weight.shape[0]
     device = hidden.device
+    # On a GPU an out-of-range index would be a device-side assert: gather through clamped
+    # indices, NaN after. In host memory the op checked the range already (gather raises anyway).
+    target_ok = None
+    if device.type != "cpu":
+        target_ok = (targets >= 0) & (targets < n_vocab)
+        targets = targets.clamp(0, n_vocab - 1)
     rows_per_chunk, cols_per_chunk = plan_torch_chunks(
         n_rows, n_hidden, n_vocab, chunk_bytes,
         upcast_hidden=hidden.dtype != torch.float32, upcast_weight=weight.dtype != torch.float32,
@@ -318,7 +340,7 @@ def linear_logsoftmax_gather_ref(
             logits = hidden_chunk @ weight_t if bias is None else torch.addmm(bias.float(), hidden_chunk, weight_t)
             out[start:stop] = torch.log_softmax(logits, dim=1).gather(1, targets[start:stop, None])[:, 0]
             del logits, hidden_chunk  # before the next chunk is allocated: one chunk alive at a time
-        return out
+        return out if target_ok is None else out.masked_fill_(~target_ok, float("nan"))
 
     running_lse = torch.full((n_rows,), float("-inf"), dtype=torch.float32, device=device)
     target_logit = torch.zeros(n_rows, dtype=torch.float32, device=device)
@@ -342,22 +364,27 @@ def linear_logsoftmax_gather_ref(
             running_lse[start:stop] = torch.logaddexp(running_lse[start:stop], torch.logsumexp(logits, dim=1))
             del logits, hidden_chunk  # before the next chunk is allocated: one chunk alive at a time
         del weight_chunk_t
-    return target_logit - running_lse
+    out = target_logit - running_lse
+    return out if target_ok is None else out.masked_fill_(~target_ok, float("nan"))
 
 
 @torch.library.custom_op("asap_fast::linear_logsoftmax_gather", mutates_args=())
 def _linear_logsoftmax_gather_op(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None, impl: str
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None, impl: str,
+    input_precision: str = "ieee",
 ) -> torch.Tensor:
     check_targets_range(targets, weight.shape[0])
-    if resolve_impl(impl, hidden.device) == "triton":
-        return _linear_logsoftmax_gather_triton(hidden, weight, targets, bias)
-    return linear_logsoftmax_gather_ref(hidden, weight, targets, bias)
+    return run_impl(
+        "linear_logsoftmax_gather", impl, hidden,
+        lambda: _linear_logsoftmax_gather_triton(hidden, weight, targets, bias, input_precision=input_precision),
+        lambda: linear_logsoftmax_gather_ref(hidden, weight, targets, bias),
+    )
 
 
 @_linear_logsoftmax_gather_op.register_fake
 def _linear_logsoftmax_gather_fake(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None, impl: str
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None, impl: str,
+    input_precision: str = "ieee",
 ) -> torch.Tensor:
     return hidden.new_empty((hidden.shape[0],), dtype=torch.float32)
 
@@ -369,6 +396,7 @@ def linear_logsoftmax_gather(
     bias: torch.Tensor | None = None,
     *,
     impl: str = "auto",
+    input_precision: str = "ieee",
 ) -> torch.Tensor:
     """Log-probability of each row's target under a linear head, without materialising [N, V].
 
@@ -383,14 +411,20 @@ def linear_logsoftmax_gather(
     Args:
         hidden: (N, D) fp32/bf16/fp16, e.g. the K step-boundary hidden states.
         weight: (V, D), same dtype and device as hidden (the LM head, ``lm_head.weight``).
-        targets: (N,) int64 in [0, V).
+        targets: (N,) int64 in [0, V). Checked (ValueError) in host memory; on a GPU, where
+            checking would stall every call, the rows of others come out NaN.
         bias: (V,) fp32/bf16/fp16 or None.
         impl: "auto" | "triton" | "torch"; see ``asap_fast.ops._dispatch`` (and ASAP_FAST_OPS_IMPL).
+        input_precision: fp32 inputs on the Triton path: "ieee" (exact fp32 products, the
+            default) or "tf32x3" (tensor cores, three TF32 products per product, ~fp32 accuracy).
+            No effect on bf16/fp16 inputs or on the torch path, which is fp32 throughout.
 
     Returns:
         (N,) fp32 log-probabilities (<= 0).
     """
     check_impl(impl)
+    if input_precision not in FP32_PRECISIONS:
+        raise ValueError(f"input_precision must be one of {FP32_PRECISIONS}; got {input_precision!r}")
     check_float_matrix("hidden", hidden, "(N, D)")
     check_float_matrix("weight", weight, "(V, D)")
     if weight.shape[1] != hidden.shape[1]:
@@ -415,4 +449,4 @@ def linear_logsoftmax_gather(
         if bias.device != hidden.device:
             raise ValueError(f"bias must be on hidden's device {hidden.device}; got {bias.device}")
     check_targets(targets, hidden.shape[0], hidden.device, "hidden")
-    return _linear_logsoftmax_gather_op(hidden, weight, targets, bias, impl)
+    return _linear_logsoftmax_gather_op(hidden, weight, targets, bias, impl, input_precision)

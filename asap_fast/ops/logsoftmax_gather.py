@@ -18,8 +18,8 @@ from asap_fast.ops._dispatch import (
     check_impl,
     check_targets,
     check_targets_range,
-    resolve_impl,
     row_chunk_size,
+    run_impl,
     tl,
     triton,
 )
@@ -36,7 +36,7 @@ if triton is not None:
     @triton.jit
     def _logsoftmax_gather_kernel(
         Logits_ptr,  # (N, V) fp32/bf16/fp16
-        Targets_ptr,  # (N,) int64, already checked to lie in [0, V)
+        Targets_ptr,  # (N,) int64; rows whose target is outside [0, V) get NaN
         Out_ptr,  # (N,) fp32
         n_vocab,
         stride_logits_row,
@@ -46,7 +46,10 @@ if triton is not None:
         row = tl.program_id(0).to(tl.int64)
         row_ptr = Logits_ptr + row * stride_logits_row
         target = tl.load(Targets_ptr + row)
-        target_logit = tl.load(row_ptr + target * stride_logits_col).to(tl.float32)
+        # Masked: the range is not checked on the host (that would sync every call), so a bad
+        # target must not read outside the row; its row comes out NaN instead.
+        target_ok = (target >= 0) & (target < n_vocab)
+        target_logit = tl.load(row_ptr + target * stride_logits_col, mask=target_ok, other=float("nan")).to(tl.float32)
 
         running_max = float("-inf")
         running_sum = 0.0
@@ -96,10 +99,17 @@ def logsoftmax_gather_ref(
     expression applied to chunks of rows so that the fp32 temporaries alive at once stay within
     ``chunk_bytes`` (a single row at least).
 
-    logits: (N, V) fp32/bf16/fp16; targets: (N,) int64 in [0, V). Returns (N,) fp32.
+    logits: (N, V) fp32/bf16/fp16; targets: (N,) int64 in [0, V) (NaN in the rows of others).
+    Returns (N,) fp32.
     """
     n_rows, n_vocab = logits.shape
     out = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+    # On a GPU an out-of-range index would be a device-side assert: gather through clamped
+    # indices, NaN after. In host memory the op checked the range already (gather raises anyway).
+    target_ok = None
+    if targets.device.type != "cpu":
+        target_ok = (targets >= 0) & (targets < n_vocab)
+        targets = targets.clamp(0, n_vocab - 1)
     # Per row: the fp32 copy of the row (absent for fp32 input, counted anyway) and its log-probs.
     rows_per_chunk = row_chunk_size(n_rows, 2 * 4 * n_vocab, chunk_bytes)
     for start in range(0, n_rows, rows_per_chunk):
@@ -107,15 +117,14 @@ def logsoftmax_gather_ref(
         log_probs = torch.log_softmax(logits[start:stop].float(), dim=1)
         out[start:stop] = log_probs.gather(1, targets[start:stop, None])[:, 0]
         del log_probs  # before the next chunk is allocated: one chunk alive at a time
-    return out
+    return out if target_ok is None else out.masked_fill_(~target_ok, float("nan"))
 
 
 @torch.library.custom_op("asap_fast::logsoftmax_gather", mutates_args=())
 def _logsoftmax_gather_op(logits: torch.Tensor, targets: torch.Tensor, impl: str) -> torch.Tensor:
     check_targets_range(targets, logits.shape[1])
-    if resolve_impl(impl, logits.device) == "triton":
-        return _logsoftmax_gather_triton(logits, targets)
-    return logsoftmax_gather_ref(logits, targets)
+    return run_impl("logsoftmax_gather", impl, logits, lambda: _logsoftmax_gather_triton(logits, targets),
+                    lambda: logsoftmax_gather_ref(logits, targets))
 
 
 @_logsoftmax_gather_op.register_fake
@@ -135,7 +144,8 @@ def logsoftmax_gather(logits: torch.Tensor, targets: torch.Tensor, *, impl: str 
 
     Args:
         logits: (N, V) fp32/bf16/fp16, any strides.
-        targets: (N,) int64 in [0, V), on the same device.
+        targets: (N,) int64 in [0, V), on the same device. Checked (ValueError) in host memory;
+            on a GPU, where checking would stall every call, the rows of others come out NaN.
         impl: "auto" | "triton" | "torch"; see ``asap_fast.ops._dispatch`` (and ASAP_FAST_OPS_IMPL).
 
     Returns:
