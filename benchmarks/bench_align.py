@@ -38,12 +38,10 @@ from _common import (  # noqa: E402
     make_row,
     percentiles,
     print_table,
-    time_fn,
 )
 
 import asap_fast as af  # noqa: E402
 from asap_fast.core.matching import align_steps_ref  # noqa: E402
-from asap_fast.simulate import simulate_compression  # noqa: E402
 
 DEFAULT_TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cot-traces.jsonl"
 
