@@ -16,11 +16,10 @@ from hypothesis import strategies as st
 import asap_fast as af
 from asap_fast.core.traces import first_python_block, step_source_texts
 from asap_fast.evaluation.extract import extract_code
-from asap_fast.pipeline.engine import RowError
-from asap_fast.pipeline.records import Row
+from asap_fast.core.errors import RowError
 from asap_fast.stage1.llm import Backend, Reply
 from asap_fast.stage1.stages import DEFAULT_MAX_ATTEMPTS, CoarseStage, DirectStage
-from asap_fast.stage2.fine import FineStage
+from asap_fast.stage2.fine import FineStage, PruneConfig
 from asap_fast.testing import tiny_tokenizer
 
 # The reference's pattern: three backticks, optionally "python" in any case, a newline, then the
@@ -159,11 +158,19 @@ class StubScorer:
         values = [hashlib.sha256(f"{i}\0{s}".encode()).digest()[0] % 8 for i, s in enumerate(steps)]
         return [math.inf] + [float(v) for v in values[1:]]
 
-    def encode(self, prefix, steps):
-        return None
+    def check_length(self, text):
+        pass
 
-    def score_batch(self, traces):
-        return [self.surprisal(steps) for _, steps in traces]
+    def encode(self, prefix, steps):
+        return list(steps)
+
+    def score_encoded(self, steps):
+        return self.surprisal(steps)
+
+
+def fine_stage(scorer, *, max_tokens=4096, ratio=None):
+    """FineStage with the reference's budget arguments."""
+    return FineStage(scorer, PruneConfig(budget=None if ratio is not None else max_tokens, ratio=ratio))
 
 
 def reference_stage2(record, tokenizer, *, max_tokens=None, ratio=None):
@@ -207,9 +214,9 @@ def check_stage2(records, tokenizer, budget):
     """Run FineStage on records and compare every row with :func:`reference_stage2`; returns
     counts (accepted, fitting, pruned, kept steps checked, pruned texts that differ from the
     stripped join)."""
-    stage = FineStage(StubScorer(tokenizer), **budget)
-    results = stage.process([Row(i + 1, r) for i, r in enumerate(records)])
-    accepted = fitting = pruned = steps_checked = kept_whitespace = 0
+    stage = fine_stage(StubScorer(tokenizer), **budget)
+    results = stage.process(records)
+    accepted = fitting = pruned = steps_checked = kept_whitespace = emptied = 0
     for record, result in zip(records, results):
         try:
             af.parse_trace(record["generation"], require_code=record["kind"] == "code")
@@ -217,10 +224,13 @@ def check_stage2(records, tokenizer, budget):
             assert isinstance(result, RowError)
             continue
         accepted += 1
-        if isinstance(result, RowError):  # the one empty thinking: nothing to prune
-            assert str(result) == "no steps in think"
+        if isinstance(result, RowError) and str(result) == "no steps in think":  # the one empty thinking
             continue
         text, kept, tokens, was_pruned = reference_stage2(record, tokenizer, **budget)
+        if not kept:  # the reference writes an empty thinking; we reject the row (ledger row)
+            assert isinstance(result, RowError) and str(result).startswith("the budget removes every step")
+            emptied += 1
+            continue
         assert result["tokens_before"] == tokens
         assert result["kept_steps"] == kept
         assert result["pruned_think"] == text
@@ -232,9 +242,9 @@ def check_stage2(records, tokenizer, budget):
             kept_whitespace += text != "\n\n".join(af.split_steps(text))
         else:
             fitting += 1
-    print(f"{budget}: accepted {accepted}, fitting {fitting}, pruned {pruned}, kept steps checked "
-          f"{steps_checked}, pruned texts keeping original whitespace {kept_whitespace}")
-    return accepted, fitting, pruned, steps_checked, kept_whitespace
+    print(f"{budget}: accepted {accepted}, fitting {fitting}, pruned {pruned}, emptied (rejected) {emptied}, "
+          f"kept steps checked {steps_checked}, pruned texts keeping original whitespace {kept_whitespace}")
+    return accepted, fitting, pruned + emptied, steps_checked, kept_whitespace
 
 
 @pytest.mark.parametrize("budget", [{"ratio": 0.5}, {"max_tokens": 1500}])
@@ -260,7 +270,7 @@ def test_stage2_keeps_a_fitting_thinking_byte_for_byte():
     thinking = "Plan:\n\n\n  indented  \n\n```python\ndef f():\n\n    return 1\n```\n\nDone.  "
     record = {"prompt": "Q", "generation": "<think>\n" + thinking + "\n</think>\n```python\nx\n```"}
     words = WordTokenizer()
-    [result] = FineStage(StubScorer(words), max_tokens=len(thinking.split())).process([Row(1, record)])
+    [result] = fine_stage(StubScorer(words), max_tokens=len(thinking.split())).process([record])
     assert result["pruned_think"] == thinking.strip()
     assert result["tokens_before"] == result["tokens_after"] == len(thinking.split())
 
@@ -287,7 +297,7 @@ def test_stage2_indented_code_step_and_duplicate_step():
             return [math.inf, 5.0, 4.0, 3.0, 0.5, 6.0]  # the second "Wait, check." is the least surprising
 
     total = len(thinking.split())
-    [result] = FineStage(Scores(WordTokenizer()), max_tokens=total - 1).process([Row(1, record)])
+    [result] = fine_stage(Scores(WordTokenizer()), max_tokens=total - 1).process([record])
     assert result["kept_steps"] == [0, 1, 2, 3, 5]  # by index: the scored step 4 goes
     ours = "Let me write it.\n\n    def f(x):\n        return x\n\nWait, check.\n\nSo done.\n\nFinal."
     assert result["pruned_think"] == ours
@@ -347,7 +357,7 @@ def test_defaults_are_the_papers_where_the_released_scripts_differ():
 
     assert COARSE_PARAMS.temperature == 1.0  # the released stage-1 script passes 2.0
     stage = FineStage(StubScorer(WordTokenizer()))
-    assert (stage.max_tokens, stage.ratio) == (4096, None)  # the released stage-2 script passes 1024
+    assert (stage.config.budget, stage.config.ratio) == (4096, None)  # the released stage-2 script passes 1024
     assert DEFAULT_MAX_ATTEMPTS == 5  # the reference's argparse default; its released script passes 0
 
 
