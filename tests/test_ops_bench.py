@@ -4,6 +4,7 @@ benchmarks/*.py scripts wrap, run for real on small sizes: the table, the tidy C
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,14 @@ from asap_fast.bench.common import FIELDS
 from asap_fast.cli import main as asap
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def shared_traces(monkeypatch):
+    """The installed package cannot find ../shared from site-packages: name the traces the way a
+    user does (ASAP_TRACES), unless the environment already does."""
+    if "ASAP_TRACES" not in os.environ:
+        monkeypatch.setenv("ASAP_TRACES", str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cot-traces.jsonl"))
 
 
 def read_csv(path: Path) -> list[dict]:
