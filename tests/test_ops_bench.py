@@ -19,14 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 TRACES = os.environ.get("ASAP_TRACES", str(ROOT.parent / "shared" / "data" / "cot-traces.jsonl"))
 
 
-@pytest.fixture(autouse=True)
-def shared_traces(monkeypatch):
-    """The installed package cannot find ../shared from site-packages: name the traces the way a
-    user does (ASAP_TRACES), unless the environment already does."""
-    if "ASAP_TRACES" not in os.environ:
-        monkeypatch.setenv("ASAP_TRACES", str(Path(__file__).resolve().parents[2] / "shared" / "data" / "cot-traces.jsonl"))
-
-
 def read_csv(path: Path) -> list[dict]:
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
