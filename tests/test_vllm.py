@@ -103,8 +103,8 @@ def test_first_token_surprisal_equals_vllm_prompt_logprobs(tmp_path, cot_traces,
                                            max_position_embeddings=CONTEXT, seed=3, dtype=torch.float64),
                             trace_tokenizer).score_batch(cases)
 
-    # Identical token ids on both sides: vLLM loads the saved tokenizer.json through the qwen2
-    # tokenizer class, which tokenizes differently from the object that wrote it.
+    # Identical token ids on both sides: vLLM loads the saved tokenizer through the class that
+    # config.json's model type (qwen2) selects, which need not tokenize like the object that wrote it.
     params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
     with vllm_engine(tmp_path) as llm:
         outputs = llm.generate([{"prompt_token_ids": e.input_ids.tolist()} for e in encoded], params, use_tqdm=False)
