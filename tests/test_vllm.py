@@ -103,8 +103,8 @@ def test_first_token_surprisal_equals_vllm_prompt_logprobs(tmp_path, cot_traces,
                                            max_position_embeddings=CONTEXT, seed=3, dtype=torch.float64),
                             trace_tokenizer).score_batch(cases)
 
-    # Identical token ids on both sides: vLLM loads the saved tokenizer.json through the qwen2
-    # tokenizer class, which tokenizes differently from the object that wrote it.
+    # Identical token ids on both sides: vLLM loads the saved tokenizer through the class that
+    # config.json's model type (qwen2) selects, which need not tokenize like the object that wrote it.
     params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
     with vllm_engine(tmp_path) as llm:
         outputs = llm.generate([{"prompt_token_ids": e.input_ids.tolist()} for e in encoded], params, use_tqdm=False)
@@ -184,11 +184,12 @@ def test_stage1_through_vllm_offline(tmp_path, cot_traces, trace_tokenizer):
     # 1b on the anchors: batched (every waiting row in one LLM.generate), validated, rejected
     coarse = tmp_path / "coarse.jsonl"
     assert asap(["coarse", str(tmp_path / "direct-vllm.jsonl"), str(coarse), "--llm", f"vllm:{model_dir}", *engine,
-                 *decoding, "--max-attempts", "2", "--seed", "0"]) == 0
+                 *decoding, "--max-attempts", "1", "--seed", "0"]) == 0
     assert read_jsonl(coarse) == []  # a random model writes no valid compression
     rejects = read_jsonl(tmp_path / "coarse.rejects.jsonl")
     assert [r["id"] for r in rejects] == [r["id"] for r in written] and {r["stage"] for r in rejects} == {"coarse"}
-    assert all(r["error"].startswith("no valid compression in 2 attempts: ") for r in rejects)
+    # the first request and one re-request each
+    assert all(r["error"].startswith("no valid compression in 2 requests: ") for r in rejects), rejects
 
 
 # --------------------------------------------------------------------------------------------
