@@ -1,6 +1,6 @@
 """Stage-1 alignment check on real traces: asap_fast vs difflib (the reference) and its peers.
 
-Every engine runs the same reference scan (asap_fast.matching.align_steps_ref) over the same
+Every engine runs the same reference scan (asap_fast.core.matching.align_steps_ref) over the same
 simulated LLM compressions of ../shared/data/cot-traces.jsonl; only the similarity function
 differs. Reports time per corpus pass, section pairs/s, the speed ratio to every peer and how many
 accept/reject decisions each engine flips relative to difflib.

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import asap_fast as af
+from asap_fast.core.matching import align_steps_ref
 
 # Letters and CJK only: no whitespace, so a string is one section that strip() leaves alone.
 SYMBOLS = string.ascii_letters + string.digits + "".join(chr(0x4E00 + k) for k in range(300))
@@ -112,8 +113,6 @@ def test_long_sections_in_a_scan():
             if rng.random() < 0.7:
                 compressed.append(b)
         original, kept = "\n\n".join(originals), "\n\n".join(compressed)
-        from asap_fast.matching import align_steps_ref
-
         for t in (0.3, 0.6, 0.9):
             assert af.align_steps(original, kept, t) == align_steps_ref(original, kept, t)
 
@@ -150,8 +149,6 @@ def test_align_one_long_section_not_slower_than_difflib():
     n = 200_000
     a = "".join(rng.choices(string.ascii_lowercase, k=n))
     b = "".join(c.upper() if rng.random() < 0.17 else c for c in rng.choices(string.ascii_lowercase, k=n))
-    from asap_fast.matching import align_steps_ref
-
     ours = best_time(lambda: af.align_steps(a, b))
     begin = time.perf_counter()
     expected = align_steps_ref(a, b)
@@ -166,8 +163,6 @@ def test_one_wide_section_then_many_tiny_ones_not_slower_than_difflib():
     # later one: 10x slower than difflib here before.
     wide = "".join(chr(0x4E00 + k) for k in range(20_000)) + "".join(chr(0x20000 + k) for k in range(60_000))
     text = wide + "\n\n" + "\n\n".join("ab" for _ in range(10_000))
-    from asap_fast.matching import align_steps_ref
-
     ours = best_time(lambda: af.align_steps(text, text))
     begin = time.perf_counter()
     expected = align_steps_ref(text, text)
