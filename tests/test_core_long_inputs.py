@@ -1,5 +1,5 @@
-"""Long and adversarial pairs: the order of the exact bounds never changes an answer, and the core
-is not slower than difflib where it used to be.
+"""Long and adversarial pairs: the order of the exact bounds never changes an answer (the speed
+on these pairs is measured by `benchmarks/bench_align.py --adversarial`).
 
 On long strings the core decides per pair whether the LCS bound runs before the match, after the
 match has spent as much as the bound costs (the match pausing and resuming), or not at all; the
@@ -12,14 +12,11 @@ import difflib
 import math
 import random
 import string
-import time
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import asap_fast as af
-from asap_fast.core.matching import align_steps_ref
 
 # Letters and CJK only: no whitespace, so a string is one section that strip() leaves alone.
 SYMBOLS = string.ascii_letters + string.digits + "".join(chr(0x4E00 + k) for k in range(300))
@@ -113,60 +110,43 @@ def test_long_sections_in_a_scan():
             if rng.random() < 0.7:
                 compressed.append(b)
         original, kept = "\n\n".join(originals), "\n\n".join(compressed)
+        from asap_fast.core.matching import align_steps_ref
+
         for t in (0.3, 0.6, 0.9):
             assert af.align_steps(original, kept, t) == align_steps_ref(original, kept, t)
 
 
-def best_time(fn, repeats=3) -> float:
-    times = []
-    for _ in range(repeats):
-        begin = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - begin)
-    return min(times)
+# The worst cases of issue 17, checked for exactness here; their speed against difflib is measured
+# side by side in `python benchmarks/bench_align.py --adversarial` (figures in benchmarks/README.md),
+# never in a timed test.
 
 
-def test_cutoff_on_long_random_strings_not_slower_than_difflib():
+def test_cutoff_on_long_random_strings_is_exact():
     # Was 100x slower than difflib: the LCS bound (n^2 / 64 steps) ran before a match that
     # autojunk makes O(n).
     rng = random.Random(0)
     a = "".join(rng.choices(string.ascii_lowercase, k=300_000))
     b = "".join(rng.choices(string.ascii_lowercase, k=300_000))
-    ours = best_time(lambda: af.similarity(a, b, score_cutoff=0.5))
-
-    def with_difflib():
-        m = difflib.SequenceMatcher(None, a, b)
-        return m.real_quick_ratio() >= 0.5 and m.quick_ratio() >= 0.5 and m.ratio() >= 0.5
-
-    theirs = best_time(with_difflib, repeats=1)
-    print(f"asap_fast {ours:.4f} s, difflib {theirs:.4f} s")
-    assert af.similarity(a, b, score_cutoff=0.5) == (0.0 if not with_difflib() else af.similarity(a, b))
-    assert ours <= theirs
+    m = difflib.SequenceMatcher(None, a, b)
+    passes = m.real_quick_ratio() >= 0.5 and m.quick_ratio() >= 0.5 and m.ratio() >= 0.5
+    assert af.similarity(a, b, score_cutoff=0.5) == (m.ratio() if passes else 0.0)
 
 
-def test_align_one_long_section_not_slower_than_difflib():
+def test_align_one_long_section_is_exact():
     rng = random.Random(1)
     n = 200_000
     a = "".join(rng.choices(string.ascii_lowercase, k=n))
     b = "".join(c.upper() if rng.random() < 0.17 else c for c in rng.choices(string.ascii_lowercase, k=n))
-    ours = best_time(lambda: af.align_steps(a, b))
-    begin = time.perf_counter()
-    expected = align_steps_ref(a, b)
-    theirs = time.perf_counter() - begin
-    print(f"asap_fast {ours:.4f} s, difflib {theirs:.4f} s")
-    assert af.align_steps(a, b) == expected
-    assert ours <= theirs
+    from asap_fast.core.matching import align_steps_ref
+
+    assert af.align_steps(a, b) == align_steps_ref(a, b)
 
 
-def test_one_wide_section_then_many_tiny_ones_not_slower_than_difflib():
+def test_one_wide_section_then_many_tiny_ones_is_exact():
     # The tables indexed by code point were sized by the widest section seen and cleared for each
     # later one: 10x slower than difflib here before.
     wide = "".join(chr(0x4E00 + k) for k in range(20_000)) + "".join(chr(0x20000 + k) for k in range(60_000))
     text = wide + "\n\n" + "\n\n".join("ab" for _ in range(10_000))
-    ours = best_time(lambda: af.align_steps(text, text))
-    begin = time.perf_counter()
-    expected = align_steps_ref(text, text)
-    theirs = time.perf_counter() - begin
-    print(f"asap_fast {ours:.4f} s, difflib {theirs:.4f} s")
-    assert af.align_steps(text, text) == expected
-    assert ours <= theirs
+    from asap_fast.core.matching import align_steps_ref
+
+    assert af.align_steps(text, text) == align_steps_ref(text, text)

@@ -33,11 +33,12 @@ def test_fine_on_sample_corpus_matches_the_reference_rule(tmp_path, model_dir):
     # reference), beside the truncated trace.
     assert "asap fine: 20 rows (18 written, 2 rejected)" in result.stderr
     assert "rejected 1: the budget removes every step" in result.stderr
-    assert "trace tokens 74,811 -> " in result.stderr  # the summary says what pruning did
     rejects = {r["id"]: r["error"] for r in map(json.loads, (tmp_path / "fine.rejects.jsonl").read_text().splitlines())}
     assert rejects["m500-math500_deepseek_r1-math500_0016"] == \
         "the budget removes every step: budget 300, 401 tokens in 1 steps"
     rows = [json.loads(line) for line in out.read_text().splitlines()]
+    before, after = sum(r["tokens_before"] for r in rows), sum(r["tokens_after"] for r in rows)
+    assert f"trace tokens {before:,} -> {after:,} (x{after / before:.3f})" in result.stderr  # what pruning did
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)

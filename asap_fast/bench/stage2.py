@@ -235,6 +235,11 @@ def run_worker(spec_path: Path) -> None:
         outputs["vllm"].update(info)
     if set(spec["providers"]) - {"vllm"}:
         model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32).eval()
+        # Weights in private memory: pages of a memory-mapped checkpoint would be faulted in by the
+        # first provider's call and counted as its peak memory.
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.data = parameter.data.clone()
         scorer = SurprisalScorer(model, tokenizer, max_length=1 << 20)
 
         def backbone():

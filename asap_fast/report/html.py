@@ -552,7 +552,7 @@ def _head(title: str, source: str, stats: Stats, toc: list[str], max_traces: int
 
 
 def write_report(input, output_html, *, max_traces: int = 50, title: str | None = None) -> Stats:
-    """Stream the stage-2 rows of ``input`` (any format :func:`~asap_fast.records.read_rows`
+    """Stream the stage-2 rows of ``input`` (any format :func:`~asap_fast.pipeline.records.read_rows`
     reads) and write the self-contained HTML page ``output_html``; returns the statistics.
 
     Raises FileNotFoundError / ValueError (one line) for a missing or unsupported input or an

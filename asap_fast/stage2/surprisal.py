@@ -460,7 +460,7 @@ class SurprisalScorer:
         """Stage 2 for one trace: score, then prune to the budget. Returns a PruneResult.
 
         mode "global": the reference's rule on one scoring pass (:func:`asap_fast.prune_steps`).
-        mode "iterative": re-score after each removal (:func:`asap_fast.pruning.prune_steps_iterative`).
+        mode "iterative": re-score after each removal (:func:`asap_fast.stage2.surprisal.prune_steps_iterative`).
         """
         return prune_scored(self, prefix, steps, max_tokens=max_tokens, ratio=ratio, mode=mode,
                             steps_per_round=steps_per_round)
