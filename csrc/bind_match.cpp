@@ -78,7 +78,8 @@ void bind_match(py::module_& m) {
         }
         return out;
       },
-      py::arg("a"), py::arg("b"), py::arg("metric") = "difflib", py::arg("score_cutoff") = 0.0, py::arg("workers") = 1);
+      py::arg("a"), py::arg("b"), py::arg("metric") = "difflib", py::arg("score_cutoff") = 0.0, py::arg("workers") = 1,
+      (std::string("similarity(a[i], b[i]) for every i, as a float64 array.") + kBatchReadingRule).c_str());
 
   m.def(
       "quick_ratio",
@@ -133,7 +134,8 @@ void bind_match(py::module_& m) {
         return out;
       },
       py::arg("originals"), py::arg("compressed"), py::arg("threshold") = 0.6, py::arg("metric") = "difflib",
-      py::arg("workers") = 1);
+      py::arg("workers") = 1,
+      (std::string("align_steps(originals[i], compressed[i]) for every i.") + kBatchReadingRule).c_str());
 }
 
 }  // namespace asap::bind

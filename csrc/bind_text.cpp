@@ -59,7 +59,7 @@ void bind_text(py::module_& m) {
         return out;
       },
       py::arg("texts"), py::arg("workers") = 1,
-      "split_steps for each text; workers <= 0 uses every core, and no more threads than cores are started.");
+      (std::string("split_steps for each text.") + kBatchReadingRule).c_str());
 }
 
 }  // namespace asap::bind

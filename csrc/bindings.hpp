@@ -117,6 +117,13 @@ inline py::list substrings(py::handle str, const std::vector<Span>& spans) {
   return out;
 }
 
+// The documented reading rule of every batch function, appended to its docstring.
+inline constexpr const char* kBatchReadingRule =
+    " Each sequence is read once, before any work: len() once, then items 0 .. len-1 by index (a"
+    " len() that grows is read at its first value; a sequence that shrinks meanwhile raises"
+    " RuntimeError); every item must be a str. workers <= 0 uses every available core, and no more"
+    " threads than cores (nor than items) are started.";
+
 inline void check_unit_interval(double value, const char* func, const char* arg) {
   if (!(value >= 0.0 && value <= 1.0))
     throw py::value_error(std::string(func) + "(): " + arg + " must be in [0, 1], got " + std::to_string(value));
