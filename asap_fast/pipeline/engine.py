@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asap_fast.core.errors import RowError
+from asap_fast.pipeline.lock import RunLock
 from asap_fast.pipeline.manifest import build_manifest, check_same, read_manifest
 from asap_fast.pipeline.progress import Progress
 from asap_fast.pipeline.records import (
@@ -201,7 +202,7 @@ class _PartsSink:
         if not lines:
             return self.parts
         pa, pq = _pyarrow()
-        table = pa.Table.from_pylist([json.loads(line) for line in lines])
+        table = _table([json.loads(line) for line in lines])
         part = self.dir / f"part-{self.parts:06d}.parquet"
         tmp = part.with_name(part.name + ".tmp")
         pq.write_table(table, tmp)
@@ -222,12 +223,17 @@ class _PartsSink:
         parts = [self.dir / f"part-{k:06d}.parquet" for k in range(self.parts)]
         # A field that is null throughout one part and a string in another is widened to the
         # unified schema, not an error; parts are copied one at a time, so memory holds one part.
-        schema = (pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
-                  if parts else pa.schema([]))
+        schemas = [pq.read_schema(p) for p in parts]
+        as_text = _text_fields(schemas)
+        schemas = [_with_text(s.empty_table(), as_text).schema for s in schemas]
+        schema = pa.unify_schemas(schemas, promote_options="permissive") if parts else pa.schema([])
+        if as_text:
+            schema = schema.with_metadata({JSON_TEXT_KEY: json.dumps(sorted(as_text))})
         combined = self.path.with_name(self.path.name + ".tmp.parquet")
         with pq.ParquetWriter(combined, schema) as writer:
             for part in parts:
-                table = pa.concat_tables([schema.empty_table(), pq.read_table(part)], promote_options="permissive")
+                table = _with_text(pq.read_table(part), as_text)
+                table = pa.concat_tables([schema.empty_table(), table], promote_options="permissive")
                 writer.write_table(table.select(schema.names).cast(schema))
         if self.fmt == "parquet":
             os.replace(combined, self.path)
@@ -248,6 +254,66 @@ class _PartsSink:
         staging.rmdir()
 
 
+JSON_TEXT_KEY = b"asap.json_text"
+
+
+def _table(records: list[dict]):
+    """A Parquet part of ``records``. A field whose values cannot share one Arrow type (``prompt``:
+    a string in one row, chat messages in another) is stored as JSON text in every row of the part
+    and named in the schema metadata ``asap.json_text``, so no JSON row is ever unwritable."""
+    pa, _ = _pyarrow()
+    try:
+        return pa.Table.from_pylist(records)
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        pass
+    names = list(dict.fromkeys(name for record in records for name in record))
+    as_text = set()
+    for name in names:
+        try:
+            pa.array([record.get(name) for record in records])
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            as_text.add(name)
+    records = [{k: _json_text(v) if k in as_text else v for k, v in record.items()} for record in records]
+    table = pa.Table.from_pylist(records)
+    return table.replace_schema_metadata({JSON_TEXT_KEY: json.dumps(sorted(as_text))})
+
+
+def _json_text(value):
+    return None if value is None else json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def _marked_text(schema) -> set[str]:
+    return set(json.loads((schema.metadata or {}).get(JSON_TEXT_KEY, b"[]")))
+
+
+def _text_fields(schemas) -> set[str]:
+    """Fields stored as JSON text in the finished file: those so stored in any part, and those
+    whose types differ between parts beyond what Arrow can promote (a list here, a string there)."""
+    pa, _ = _pyarrow()
+    as_text = set().union(*(_marked_text(s) for s in schemas)) if schemas else set()
+    names = dict.fromkeys(name for s in schemas for name in s.names)
+    for name in names:
+        if name in as_text:
+            continue
+        fields = [pa.schema([s.field(name)]) for s in schemas if name in s.names]
+        try:
+            pa.unify_schemas(fields, promote_options="permissive")
+        except (pa.ArrowException, TypeError, ValueError):
+            as_text.add(name)
+    return as_text
+
+
+def _with_text(table, as_text: set[str]):
+    """``table`` with each field of ``as_text`` it does not yet hold as JSON text converted to it."""
+    pa, _ = _pyarrow()
+    done = _marked_text(table.schema)
+    for name in sorted(as_text - done):
+        if name in table.column_names:
+            column = pa.array([_json_text(v) for v in table.column(name).to_pylist()], type=pa.string())
+            table = table.set_column(table.column_names.index(name), name, column)
+    return table.replace_schema_metadata({JSON_TEXT_KEY: json.dumps(sorted(as_text))} if as_text else None)
+
+
 def _pyarrow():
     try:
         import pyarrow as pa
@@ -255,6 +321,54 @@ def _pyarrow():
     except ImportError:
         raise ImportError("writing .parquet or datasets output needs pyarrow: pip install pyarrow") from None
     return pa, pq
+
+
+def _check_out_kind(out: Path, fmt: str) -> None:
+    """OUT that exists must be what its format writes: a regular file (a datasets OUT: a directory);
+    ``/dev/null``, a FIFO or a socket cannot hold a resumable run."""
+    if not out.exists():
+        return
+    if fmt == "datasets" and not out.is_dir():
+        raise ValueError(f"OUT {out} exists and is not a directory; a path without .jsonl, .jsonl.gz or .parquet "
+                         f"is written as a datasets directory")
+    if fmt != "datasets" and not out.is_file():
+        raise ValueError(f"OUT {out} is not a regular file (a device, FIFO or directory); a run needs a regular "
+                         f"file it can truncate and resume")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()  # follows links: a symlink to the input is the input
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_not_input(input: str | os.PathLike, output: str | os.PathLike) -> None:
+    """Refuse a run whose OUT, or any file it writes beside OUT, is the input or inside it (or holds
+    it), whatever the spelling, symbolic or hard link: files are compared by (st_dev, st_ino), so a
+    run can never truncate what it reads, with or without --overwrite."""
+    input, out = Path(input), Path(output)
+    source = _identity(input)
+    inputs = {source} if source else set()
+    if input.is_dir():  # a datasets input: every file in it is read
+        inputs |= {_identity(p) for p in input.rglob("*")} - {None}
+    written = run_files(out) + [RunLock(out).path]
+    for path in written:
+        ident = _identity(path)
+        if ident is not None and ident in inputs:
+            what = "OUT" if path == out else f"{path.name} (a file the run writes beside OUT)"
+            raise ValueError(f"{what} is the input {input} (same file on disk); choose another OUT")
+        if path.is_dir():  # a datasets OUT or OUT.parts: the input may not live inside it
+            for inner in path.rglob("*"):
+                if _identity(inner) in inputs:
+                    raise ValueError(f"the input {input} lies inside {path}, which the run writes; choose another OUT")
+    try:
+        in_real, out_real = input.resolve(), out.resolve()
+    except OSError:
+        return
+    if out_real in in_real.parents or in_real in out_real.parents:
+        raise ValueError(f"OUT {out} and the input {input} contain one another; choose another OUT")
 
 
 def run_files(output: str | os.PathLike) -> list[Path]:
@@ -291,6 +405,18 @@ class CorpusWriter:
             self.out_path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise OutputError(self.out_path.parent, e) from None
+        _check_out_kind(self.out_path, fmt)
+        try:
+            self._lock = RunLock(self.out_path).acquire(what=f"asap {stage}")
+        except OSError as e:
+            raise OutputError(self.out_path, e) from None
+        try:
+            self._open(fmt, manifest, overwrite)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, fmt: str, manifest: dict | None, overwrite: bool) -> None:
         if overwrite:
             try:
                 remove_run(self.out_path)
@@ -339,9 +465,10 @@ class CorpusWriter:
         """Buffer one output row; a record that cannot be written as UTF-8 becomes a reject.
         Returns whether it was written."""
         try:
-            line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        except UnicodeEncodeError:
-            self.reject(row, unwritable_text(record) or "row cannot be written as UTF-8")
+            # strict JSON: NaN / Infinity (a stage's or a Parquet input's float) make a reject
+            line = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        except (UnicodeEncodeError, ValueError, TypeError, RecursionError):
+            self.reject(row, unwritable_text(record) or "row cannot be written as strict UTF-8 JSON")
             return False
         self._out_lines.append(line)
         self._pending_rows += 1
@@ -421,13 +548,16 @@ class CorpusWriter:
             self._rejects.close()
             if not finished and isinstance(self._sink, _JsonlSink):
                 self._sink.file.close()
-        if finished:
-            try:
-                self._sink.finish()
-                self._write_progress(self._sink.state() if isinstance(self._sink, _PartsSink)
-                                     else self.out_path.stat().st_size, rejects_bytes, finished=True)
-            except OSError as e:
-                raise OutputError(Path(e.filename) if e.filename else self.out_path, e) from None
+        try:
+            if finished:
+                try:
+                    self._sink.finish()
+                    self._write_progress(self._sink.state() if isinstance(self._sink, _PartsSink)
+                                         else self.out_path.stat().st_size, rejects_bytes, finished=True)
+                except OSError as e:
+                    raise OutputError(Path(e.filename) if e.filename else self.out_path, e) from None
+        finally:
+            self._lock.release()
 
 
 BatchFn = Callable[[list[dict]], Sequence["dict | RowError"]]
@@ -455,6 +585,7 @@ class _Sigterm:
 def check_resumable(input, output, *, stage: str, manifest_options: dict, shard=None, overwrite: bool = False) -> None:
     """Raise ManifestMismatch now, before a model or an LLM backend loads, when OUT was begun by a
     run with another input or other options (run_corpus checks again; this only answers sooner)."""
+    check_not_input(input, output)
     if overwrite or not sidecar(output, "progress.json").exists():
         return
     recorded = read_manifest(sidecar(output, "manifest.json"))
@@ -488,6 +619,7 @@ def run_corpus(
     OUT cannot be written, InputDamaged after committing the rows before damage in the input.
     """
     input = check_input(input)  # before OUT is created
+    check_not_input(input, output)
     manifest = build_manifest(stage, input, manifest_options or {}, shard)
     summary = Summary(stage=stage, output=Path(output))
     start = time.perf_counter()
@@ -572,7 +704,7 @@ def _handle(batch: list[Row], process: BatchFn, writer: CorpusWriter, summary: S
             writer.reject(row, str(result), result.stage)
             reason = str(result)
         else:
-            reason = unwritable_text(result) or "row cannot be written as UTF-8"
+            reason = unwritable_text(result) or "row cannot be written as strict UTF-8 JSON"
         summary.rejected += 1
         summary.reasons[reason_kind(reason)] += 1
     summary.tokens_before += before

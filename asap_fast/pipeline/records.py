@@ -160,16 +160,47 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def _no_constant(name: str):
+    raise _NonFinite(name)
+
+
+class _NonFinite(ValueError):
+    pass
+
+
 def parse_line(number: int, line: bytes) -> Row:
-    """One JSON Lines line as a Row: the record, or the one-line reason it cannot be one."""
+    """One JSON Lines line as a Row: the record, or the one-line reason it cannot be one. Whatever
+    goes wrong decoding one line (nesting too deep for the parser, an integer past Python's digit
+    limit, anything else) makes that row a reject carrying its line number; it never stops a run."""
+    try:
+        return _parse_line(number, line)
+    except RecursionError:
+        return Row(number, None, "JSON nested too deeply to read")
+    except MemoryError:
+        return Row(number, None, "row too large to decode in memory")
+    except Exception as e:  # noqa: BLE001 - one row's failure is that row's reject, never the run's
+        return Row(number, None, f"unreadable row: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+
+
+def _parse_line(number: int, line: bytes) -> Row:
+    if number == 1 and line.startswith(_BOM):  # a UTF-8 byte order mark some editors write
+        line = line[len(_BOM):]
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
         return Row(number, None, f"invalid UTF-8 at byte {e.start} of the line")
     try:
-        record = json.loads(text)
+        # NaN / Infinity are not JSON (RFC 8259); Python accepts them, strict readers of OUT do not
+        record = json.loads(text, parse_constant=_no_constant)
+    except _NonFinite as e:
+        return Row(number, None, f"non-finite number {e} is not JSON (strict JSON has no NaN or Infinity)")
     except json.JSONDecodeError as e:
         return Row(number, None, f"malformed JSON: {e.msg} at column {e.colno}")
+    except ValueError as e:  # e.g. an integer longer than Python's int digit limit
+        return Row(number, None, f"malformed JSON: {' '.join(str(e).split())[:200]}")
     if not isinstance(record, dict):
         return Row(number, None, f"a row must be a JSON object, got {type(record).__name__}")
     if _SURROGATE_ESCAPE.search(line):
@@ -182,9 +213,13 @@ def parse_line(number: int, line: bytes) -> Row:
 def unwritable_text(record) -> str | None:
     """Why ``record`` cannot be written as UTF-8 JSON (a lone surrogate), or None."""
     try:
-        json.dumps(record, ensure_ascii=False).encode("utf-8")
+        json.dumps(record, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError as e:
         return f"text with a lone surrogate ({e.object[e.start:e.end]!a}) cannot be written as UTF-8"
+    except RecursionError:
+        return "nested too deeply to write as JSON"
+    except (ValueError, TypeError) as e:  # NaN / Infinity (strict JSON), an int past the digit limit
+        return f"cannot be written as strict JSON: {' '.join(str(e).split())[:200]}"
     return None
 
 
@@ -206,13 +241,23 @@ def _read_jsonl(path: Path, start: int, stop: int | None) -> Iterator[Row]:
 def _read_parquet(path: Path, start: int, stop: int | None) -> Iterator[Row]:
     pq = _require("pyarrow.parquet", "pyarrow")
     seen = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+    source = pq.ParquetFile(path)
+    # fields an asap run stored as JSON text (their types differed between rows): read back as values
+    as_text = json.loads((source.schema_arrow.metadata or {}).get(b"asap.json_text", b"[]"))
+    for batch in source.iter_batches(batch_size=256):
         if seen + batch.num_rows <= start:  # skipped without converting its rows
             seen += batch.num_rows
             continue
         for offset, record in enumerate(batch.to_pylist()):
             k = seen + offset
             if k >= start and (stop is None or k < stop):
+                try:
+                    for name in as_text:
+                        if record.get(name) is not None:
+                            record[name] = json.loads(record[name])
+                except ValueError as e:
+                    yield Row(k + 1, None, f"field stored as JSON text is not JSON: {e}", unit="row")
+                    continue
                 yield Row(k + 1, record, unit="row")
         seen += batch.num_rows
         if stop is not None and seen >= stop:
