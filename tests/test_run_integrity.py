@@ -199,3 +199,23 @@ def test_dev_null_out_is_a_clear_error(tmp_path, capsys):
     assert cli(["split", str(inp), "/dev/null", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "/dev/null" in err and "is not a" in err and "File exists" not in err
+
+
+@pytest.mark.slow
+def test_a_finished_fine_run_returns_without_loading_a_model(tmp_path, monkeypatch, capsys):
+    from asap_fast.stage2.fine import ScorerSpec
+
+    out = tmp_path / "f.jsonl"
+    assert cli(["fine", EXAMPLES, str(out), "--quiet", "--device", "cpu"]) == 0
+    before = out.read_bytes()
+
+    def no_load(*a, **k):
+        raise AssertionError("a finished run loaded the model")
+
+    monkeypatch.setattr(ScorerSpec, "load", no_load)
+    assert cli(["fine", EXAMPLES, str(out), "--device", "cpu"]) == 0
+    rows = sum(1 for line in open(EXAMPLES, encoding="utf-8") if line.strip())
+    assert f"already complete: {rows} rows" in capsys.readouterr().err
+    assert out.read_bytes() == before
+    # another option is still a mismatch, not "complete"
+    assert cli(["fine", EXAMPLES, str(out), "--device", "cpu", "--budget", "7", "--quiet"]) == 2

@@ -251,8 +251,12 @@ def run(args) -> int:
                         coarse_template=template_manifest(args.coarse_template), threshold=args.threshold,
                         metric=args.metric, max_attempts=args.max_attempts, snap_to_original=args.snap_to_original)
     manifest.update(scorer=spec.manifest(), prune=config.manifest())
-    check_resumable(args.input, args.output, stage="compress", manifest_options=manifest, shard=args.shard,
+    done = check_resumable(args.input, args.output, stage="compress", manifest_options=manifest, shard=args.shard,
                     overwrite=args.overwrite)  # before the LLM and the scorer load
+    if done is not None:  # a finished run with the same manifest: no model needs to load
+        if not args.quiet:
+            print(f"asap compress: already complete: {done} rows ({args.output})", file=sys.stderr)
+        return 0
     if not args.skip_coarse:
         backend = make_backend(args, args.output)
         direct = DirectStage(backend, direct_params, direct_template, args.reject_failed, prompt=args.prompt)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 
 from asap_fast.cli.common import (
     add_io,
@@ -60,8 +61,12 @@ def run(args) -> int:
     config, spec = prune_config(args), scorer_spec(args)
     rows, meta = shard_plan(args.input, args.shard)
     manifest = {"scorer": spec.manifest(), "prune": config.manifest()}
-    check_resumable(args.input, args.output, stage="fine", manifest_options=manifest, shard=args.shard,
+    done = check_resumable(args.input, args.output, stage="fine", manifest_options=manifest, shard=args.shard,
                     overwrite=args.overwrite)  # before the model loads
+    if done is not None:  # a finished run with the same manifest: no model needs to load
+        if not args.quiet:
+            print(f"asap fine: already complete: {done} rows ({args.output})", file=sys.stderr)
+        return 0
     make = functools.partial(make_fine_stage, spec, config, args.quiet)
     batch = args.batch
     if args.ray:

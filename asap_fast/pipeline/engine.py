@@ -582,15 +582,27 @@ class _Sigterm:
             signal.signal(signal.SIGTERM, self.previous)
 
 
-def check_resumable(input, output, *, stage: str, manifest_options: dict, shard=None, overwrite: bool = False) -> None:
+def check_resumable(input, output, *, stage: str, manifest_options: dict, shard=None,
+                    overwrite: bool = False) -> int | None:
     """Raise ManifestMismatch now, before a model or an LLM backend loads, when OUT was begun by a
-    run with another input or other options (run_corpus checks again; this only answers sooner)."""
+    run with another input or other options (run_corpus checks again; this only answers sooner).
+    Returns the row count of a run that already finished OUT with this very manifest (nothing
+    is left to do, so the caller need not load a model), else None."""
     check_not_input(input, output)
-    if overwrite or not sidecar(output, "progress.json").exists():
-        return
+    progress_path = sidecar(output, "progress.json")
+    if overwrite or not progress_path.exists():
+        return None
     recorded = read_manifest(sidecar(output, "manifest.json"))
-    if recorded is not None:
-        check_same(recorded, build_manifest(stage, check_input(input), manifest_options, shard), Path(output))
+    if recorded is None:
+        return None
+    check_same(recorded, build_manifest(stage, check_input(input), manifest_options, shard), Path(output))
+    try:
+        progress = json.loads(progress_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if progress.get("finished") and progress.get("rows", 0) >= progress.get("expected", 0):
+        return int(progress["rows"])
+    return None
 
 
 def run_corpus(
