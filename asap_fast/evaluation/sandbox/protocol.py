@@ -7,7 +7,7 @@ What one event may cost the parent is bounded before any of it is decoded:
 - a line (one event) is at most ``SandboxLimits.events_line_bytes`` (default 4 MiB);
 - it holds at most ``EVENT_VALUES_MAX`` JSON values and nests at most ``EVENT_DEPTH_MAX`` deep,
   counted on the raw bytes before ``json.loads`` sees them (a decoded ``{}`` costs 72 bytes for 3
-  bytes of JSON: 200,000 values are about 14 MiB; depth 100 keeps the C decoder, and the judge's
+  bytes of JSON: 100,000 values are about 7 MiB; depth 100 keeps the C decoder, and the judge's
   recursive ``decode``, far from Python's recursion limit);
 - every check and the decode itself are short C calls or a Python loop stopped at the bound, so
   no sample holds the GIL (which every other sample's reader and deadline need) for longer than
@@ -25,7 +25,7 @@ import re
 
 __all__ = ["EVENT_DEPTH_MAX", "EVENT_VALUES_MAX", "EventFlood", "EventReader", "MalformedEvent"]
 
-EVENT_VALUES_MAX = 200_000
+EVENT_VALUES_MAX = 100_000
 EVENT_DEPTH_MAX = 100
 
 # A JSON string (its commas and brackets are text, not structure), or one structural byte.
