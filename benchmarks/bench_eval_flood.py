@@ -5,7 +5,7 @@ Two measurements, each in a fresh Python process (peak RSS is per process), side
 checkout (``asap_fast``) and, with ``--baseline-src DIR``, another source tree of the package (e.g.
 the main before the fix: ``git archive <sha> asap_fast | tar -x -C DIR`` plus a built ``_core``):
 
-- ``parent_rss``: one sample (``run_program``, no judge) writes ``--lines`` event lines of
+- ``parent_rss``: one sample (``run_program``, no judge) writes ``--rss-lines`` event lines of
   ``--line-mib`` MiB, each a dict holding a list of ``{}`` (72 bytes of Python objects per 3 bytes of
   JSON); reported: the parent's peak RSS minus its RSS before the run (VmHWM - VmRSS), MiB.
 - ``deadline_overshoot``: ``--flooders`` samples each write ``--lines`` lines of ``--line-mib``
@@ -15,7 +15,7 @@ the main before the fix: ``git archive <sha> asap_fast | tar -x -C DIR`` plus a 
   polls every 50 ms).
 
     python benchmarks/bench_eval_flood.py --baseline-src /tmp/main_src
-    python benchmarks/bench_eval_flood.py --flooders 5 --line-mib 32 --lines 4
+    python benchmarks/bench_eval_flood.py --flooders 5 --line-mib 0.19 --lines 1200   # within the bounds (< 100,000 values a line)
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def child_parent_rss(args) -> dict:
     from asap_fast.evaluation.sandbox import SandboxLimits, run_program
 
     before = _rss_kib("VmRSS")
-    res = run_program(flood_program("dicts", args.line_mib, args.lines), timeout=args.deadline * 10,
+    res = run_program(flood_program("dicts", args.line_mib, args.rss_lines), timeout=args.deadline * 10,
                       limits=SandboxLimits())
     peak = _rss_kib("VmHWM")
     return {"rss_growth_mib": (peak - before) / 1024, "overflow": res.overflow,
@@ -103,7 +103,7 @@ def run_child(which: str, src: str | None, args, flooders: int) -> dict:
     # environment's editable install would take precedence over it.
     python = getattr(sys, "_base_executable", sys.executable) if src else sys.executable
     argv = [python, str(Path(__file__).resolve()), "--child", which, "--line-mib", str(args.line_mib),
-            "--lines", str(args.lines), "--deadline", str(args.deadline), "--flooders", str(flooders)]
+            "--lines", str(args.lines), "--rss-lines", str(args.rss_lines), "--deadline", str(args.deadline), "--flooders", str(flooders)]
     # Run outside the checkout, so that src (or the installed package) is what gets imported.
     out = subprocess.run(argv, env=env, cwd="/", capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -115,9 +115,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline-src", default=None, help="a source tree of asap_fast to compare with")
     parser.add_argument("--flooders", type=int, default=5)
-    parser.add_argument("--line-mib", type=float, default=32.0)
+    parser.add_argument("--line-mib", type=float, default=31.5)
     parser.add_argument("--lines", type=int, default=4)
-    parser.add_argument("--deadline", type=float, default=2.0)
+    parser.add_argument("--rss-lines", type=int, default=2, help="lines the parent_rss flooder writes")
+    parser.add_argument("--deadline", type=float, default=8.0)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--no-csv", action="store_true")
     parser.add_argument("--child", choices=["parent_rss", "deadline"], help=argparse.SUPPRESS)
@@ -137,7 +138,7 @@ def main() -> None:
             floor = run_child("deadline", src, args, 0)
             flooded = run_child("deadline", src, args, args.flooders)
             print(name, json.dumps(rss), json.dumps(floor), json.dumps(flooded)[:300], flush=True)
-            shape = f"line={args.line_mib}MiB,lines={args.lines}"
+            shape = f"line={args.line_mib}MiB,lines={args.lines},rss_lines={args.rss_lines}"
             rows.append(make_row("eval_flood", name, shape, "-", "parent_rss_growth", "MiB",
                                  (rss["rss_growth_mib"],) * 3, device))
             rows.append(make_row("eval_flood", name, f"{shape},flooders=0", "-", "deadline_overshoot", "s",
