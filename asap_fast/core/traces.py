@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import asap_fast._core as _core
+from asap_fast.core.compiled import core as _core
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
