@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from asap_fast.core.errors import RowError
 from asap_fast.methods.common import count_tokens, method_output, prepare_row, row_error
 from asap_fast.methods.llmlingua2 import LLMLingua2Config, compress_row
-from asap_fast.stage2.fine import prompt_text
+from asap_fast.stage2.fine import prompt_messages, prompt_text
 
 __all__ = ["RATIOS", "SEPARATOR", "TokenSkipConfig", "TokenSkipStage", "draw_ratio", "tokenskip_messages",
            "tokenskip_prompt"]
@@ -49,12 +49,9 @@ def tokenskip_prompt(question: str, ratio: float, separator: str = SEPARATOR) ->
 def tokenskip_messages(prompt, ratio: float, pruned_think: str, answer: str, separator: str = SEPARATOR) -> list[dict]:
     """The SFT conversation: the ratio written after the question (after the last user message's
     content when the prompt is chat messages), then the compressed thinking and the answer."""
-    if isinstance(prompt, str):
-        question = [{"role": "user", "content": tokenskip_prompt(prompt, ratio, separator)}]
-    else:
-        question = [dict(m) for m in prompt]
-        last = max((i for i, m in enumerate(question) if m.get("role") == "user"), default=len(question) - 1)
-        question[last]["content"] = tokenskip_prompt(question[last]["content"], ratio, separator)
+    question = [dict(m) for m in prompt_messages(prompt)]
+    last = max((i for i, m in enumerate(question) if m.get("role") == "user"), default=len(question) - 1)
+    question[last]["content"] = tokenskip_prompt(question[last]["content"], ratio, separator)
     return question + [{"role": "assistant", "content": "<think>\n" + pruned_think + "\n</think>\n" + answer}]
 
 

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asap_fast.core.chat import unwrap_rendered_chat
 from asap_fast.core.errors import RowError
 from asap_fast.pipeline.manifest import build_manifest, check_same, read_manifest
 from asap_fast.pipeline.progress import Progress
@@ -105,6 +106,7 @@ class Summary:
     tokens_after: int = 0
     steps: int = 0
     steps_kept: int = 0
+    prompts_unwrapped: int = 0  # rows written with SFT messages whose prompt held a rendered chat template
 
     def lines(self) -> list[str]:
         rate = self.rows / self.seconds if self.seconds > 0 else 0.0
@@ -117,6 +119,9 @@ class Summary:
             steps = f"steps kept {self.steps_kept:,} of {self.steps:,}; " if self.steps else ""
             out.append(f"  trace tokens {self.tokens_before:,} -> {self.tokens_after:,} (x{ratio:.3f}), {steps}"
                        f"{self.tokens_before / max(self.seconds, 1e-9):,.0f} trace tokens/s")
+        if self.prompts_unwrapped:
+            out.append(f"  prompts holding a rendered chat template: {self.prompts_unwrapped:,} "
+                       "(the user's content was used, without the template's tags)")
         out.append(f"  wrote {self.output} and {rejects_path(self.output)}")
         return out
 
@@ -567,6 +572,8 @@ def _handle(batch: list[Row], process: BatchFn, writer: CorpusWriter, summary: S
                 # step scores: stage 2's surprisal, or a step method's own (asap compress --method)
                 summary.steps += len(result.get("step_surprisal") or result.get("step_importance") or ())
                 summary.steps_kept += len(result.get("kept_steps") or ())
+            if "messages" in result and unwrap_rendered_chat(row.record.get("prompt")) is not None:
+                summary.prompts_unwrapped += 1
             continue
         if isinstance(result, RowError):
             writer.reject(row, str(result), result.stage)

@@ -28,6 +28,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from asap_fast.core.chat import unwrap_rendered_chat
 from asap_fast.core.errors import RowError
 from asap_fast.core.traces import TraceError, parse_trace, split_steps, step_source_texts
 
@@ -38,21 +39,29 @@ MODES = ("global", "iterative")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def prompt_text(prompt) -> str:
-    """The question as raw text. Rows carry it as a str (open-r1/codeforces-cots) or, in some
-    corpora, as chat messages; their contents are joined by newlines, in order."""
+def prompt_messages(prompt) -> list[dict]:
+    """The question as chat messages. Rows carry it as a str (open-r1/codeforces-cots) or, in some
+    corpora, as chat messages (kept as they are). A str that already holds a rendered chat template
+    (``<｜User｜>...<｜Assistant｜>``, ChatML, Llama 3) becomes the conversation it rendered, so that
+    neither the SFT text nor the scoring prefix carries the template's tags (fidelity ledger)."""
     if isinstance(prompt, str):
-        return prompt
+        rendered = unwrap_rendered_chat(prompt)
+        return rendered.messages if rendered else [{"role": "user", "content": prompt}]
     if isinstance(prompt, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt):
-        return "\n".join(m["content"] for m in prompt)
+        return list(prompt)
     raise RowError(f"prompt must be str or a list of chat messages, not {type(prompt).__name__}")
 
 
+def prompt_text(prompt) -> str:
+    """The question as raw text (stage 2's scoring prefix): the contents of :func:`prompt_messages`
+    joined by newlines, in order; a plain str is returned as it is."""
+    return "\n".join(m["content"] for m in prompt_messages(prompt))
+
+
 def sft_messages(prompt, pruned_think: str, answer: str) -> list[dict]:
-    """The SFT conversation of DESIGN.md: the user's prompt (kept as messages when it was given as
-    messages), then the pruned thinking and the answer."""
-    question = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-    return question + [{"role": "assistant", "content": "<think>\n" + pruned_think + "\n</think>\n" + answer}]
+    """The SFT conversation of DESIGN.md: the user's prompt (:func:`prompt_messages`), then the
+    pruned thinking and the answer."""
+    return prompt_messages(prompt) + [{"role": "assistant", "content": "<think>\n" + pruned_think + "\n</think>\n" + answer}]
 
 
 @dataclass(frozen=True)
