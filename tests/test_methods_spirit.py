@@ -59,6 +59,7 @@ def plain_ppl(model, tokenizer, prefix: str, steps: list[str]) -> float:
     return math.exp(nll / count) if count else math.inf
 
 
+@pytest.mark.slow  # full [T, V] fp64 logits per variant
 @pytest.mark.parametrize("tok_name", ["qwen2", "bos"])
 def test_cached_equals_naive_loop_and_definition_in_float64(tok_name, tokenizers, cases):
     tokenizer = tokenizers[tok_name]

@@ -50,6 +50,7 @@ def test_bench_align_matches_difflib_on_real_traces(tmp_path, capsys):
     assert "6 traces" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # four model processes; CI also runs `asap bench stage2` itself
 def test_bench_stage2_side_by_side_on_a_tiny_model(tmp_path, capsys):
     out = tmp_path / "rows.csv"
     assert asap(["bench", "stage2", "--tokens", "300", "--vocab", "1024", "--tokenizer-vocab",

@@ -137,6 +137,7 @@ def test_merge_refuses_incomplete_missing_or_misordered_shards(corpus, tmp_path,
     assert out.read_bytes() == whole.read_bytes()
 
 
+@pytest.mark.ray  # a local Ray runtime: the Ray tier
 def test_ray_two_cpu_actors_equal_the_plain_run(corpus, tmp_path, model_dir, monkeypatch):
     ray = pytest.importorskip("ray")
     # Ray puts the driver's working directory on its workers' sys.path: start them outside the

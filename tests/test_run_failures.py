@@ -212,6 +212,7 @@ def tmpfs(tmp_path):
 
 
 @pytest.mark.slow  # three runs that load a model
+@pytest.mark.slow  # three runs that load a model
 def test_changed_ratio_stops_naming_the_field_then_overwrite_restarts(tmp_path, corpus, model_dir, reference):
     out = tmp_path / "fine.jsonl"
     asap(*fine_args(corpus, out, model_dir, ratio="0.3"), cwd=tmp_path, check=True)
@@ -326,6 +327,7 @@ def test_sigint_during_model_load_then_resume(tmp_path, demo_input, demo_referen
 # is durable but not yet recorded as done in the process: the deterministic form of this case is
 # test_pipeline_engine.py::test_interrupt_just_after_the_progress_file_is_replaced_writes_no_row_twice.
 
+@pytest.mark.slow  # runs stopped and resumed, each loading a model
 @pytest.mark.slow  # two runs that load a model
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_stopped_while_scoring_then_resume_equals_one_run(tmp_path, corpus, model_dir, reference, sig):
