@@ -88,7 +88,7 @@ class Stage2Config:
         if unknown:
             raise ValueError(f"unknown providers {sorted(unknown)}; choose from {PROVIDERS}")
         if "vllm" in self.providers and not vllm_installed():
-            raise ValueError("provider vllm needs vLLM, which is not installed (README: vLLM on CPU)")
+            raise ValueError("provider vllm needs vLLM, which is not installed (docs/testing.md: vLLM on CPU)")
         if self.reps < 1 or self.warmup < 0 or self.batch < 0:
             raise ValueError("reps must be >= 1, warmup and batch >= 0")
         if self.threads is None:

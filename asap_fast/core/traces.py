@@ -87,7 +87,7 @@ def step_source_texts(text: str) -> list[str]:
     and the whitespace inside it survive.
 
     Stage 2 writes kept steps this way: the reference writes them stripped, which flattens the
-    first line of an indented code step (see README, fidelity ledger).
+    first line of an indented code step (see docs/fidelity.md).
     """
     texts = []
     for start, end in _core.split_step_spans(text):

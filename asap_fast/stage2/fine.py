@@ -176,7 +176,7 @@ class FineStage:
     """Stage 2 for batches of records with a loaded :class:`~asap_fast.stage2.surprisal.SurprisalScorer`.
 
     A row whose budget would remove every step is a reject (never an empty thinking in SFT data;
-    the reference writes the empty thinking: see README's fidelity ledger).
+    the reference writes the empty thinking: see docs/fidelity.md).
     """
 
     name = "fine"
