@@ -9,6 +9,12 @@ Layout of a run writing OUT:
     OUT.manifest.json        what determines OUT's bytes (see asap_fast.pipeline.manifest)
     OUT.progress.json        {"rows", "out", "rejects_bytes", ...}: what the last commit made durable
     OUT.parts/               (Parquet and datasets outputs) one Parquet part per commit
+    OUT.lock                 the running process's lock on OUT (asap_fast.pipeline.claim)
+
+One run per OUT at a time: a second run (or an ``asap merge`` reading a shard that is still being
+written) stops at once naming the running one's pid. OUT and every side file may never be the
+input, whatever the spelling, symlink or hard link. A side file that exists when a run starts OUT
+afresh was not written by it and is refused like a foreign OUT.
 
 A commit appends the buffered rows (JSONL: to OUT itself, a ``.gz`` output getting one gzip member
 per commit, which concatenated make a valid gzip file; Parquet / datasets: as a new part), fsyncs,
@@ -34,6 +40,7 @@ from pathlib import Path
 
 from asap_fast.core.chat import unwrap_rendered_chat
 from asap_fast.core.errors import RowError
+from asap_fast.pipeline.claim import claim_output, lock_path, release, same_file
 from asap_fast.pipeline.manifest import build_manifest, check_same, read_manifest
 from asap_fast.pipeline.progress import Progress
 from asap_fast.pipeline.records import (
@@ -263,10 +270,25 @@ def _pyarrow():
 
 
 def run_files(output: str | os.PathLike) -> list[Path]:
-    """Every file a run writing ``output`` may create (OUT first)."""
+    """Every file a run writing ``output`` may create (OUT first), its lock aside."""
     out = Path(output)
     return [out, rejects_path(out), sidecar(out, "progress.json"), sidecar(out, "manifest.json"),
             sidecar(out, "parts")]
+
+
+def claim_run(input: str | os.PathLike, output: str | os.PathLike) -> None:
+    """Refuse an OUT that is the input (or a side file that is), then take OUT's lock for this
+    process; both before anything is written, removed or loaded."""
+    for path in [*run_files(output), lock_path(output)]:
+        if Path(input).exists() and same_file(input, path):
+            raise ValueError(f"{path} would overwrite the input {input} (the same file): choose another OUT")
+    out = Path(output)
+    if out.exists() and not (out.is_file() or out.is_dir()):
+        raise ValueError(f"OUT {out} is not a regular file or directory")
+    try:
+        claim_output(output)
+    except OSError as e:  # OUT's folder cannot be written (read-only, no permission)
+        raise OutputError(Path(e.filename) if e.filename and not str(e.filename).endswith(".lock") else out, e) from None
 
 
 def remove_run(output: str | os.PathLike) -> None:
@@ -301,6 +323,13 @@ class CorpusWriter:
                 remove_run(self.out_path)
             except OSError as e:
                 raise OutputError(self.out_path, e) from None
+        elif not self.progress_path.exists():
+            # A fresh OUT: rejects or parts already there are somebody else's (another OUT's, the
+            # user's) and would be overwritten. (A manifest left alone is rewritten: it holds no rows.)
+            for path in (self.rejects_path, sidecar(self.out_path, "parts")):
+                if path.exists() and not (path.is_file() and path.stat().st_size == 0):
+                    raise ValueError(f"{path} exists but was not written by a run of {self.out_path}; "
+                                     f"remove it, choose another OUT or pass --overwrite")
 
         self.rows, out_state, rejects_bytes = 0, 0, 0
         resumed = self.progress_path.exists()
@@ -344,9 +373,9 @@ class CorpusWriter:
         """Buffer one output row; a record that cannot be written as UTF-8 becomes a reject.
         Returns whether it was written."""
         try:
-            line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        except UnicodeEncodeError:
-            self.reject(row, unwritable_text(record) or "row cannot be written as UTF-8")
+            line = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        except (UnicodeEncodeError, ValueError, RecursionError):  # strict UTF-8 JSON or a reject
+            self.reject(row, unwritable_text(record) or "row cannot be written as UTF-8 JSON")
             return False
         self._out_lines.append(line)
         self._pending_rows += 1
@@ -460,6 +489,7 @@ class _Sigterm:
 def check_resumable(input, output, *, stage: str, manifest_options: dict, shard=None, overwrite: bool = False) -> None:
     """Raise ManifestMismatch now, before a model or an LLM backend loads, when OUT was begun by a
     run with another input or other options (run_corpus checks again; this only answers sooner)."""
+    claim_run(input, output)
     if overwrite or not sidecar(output, "progress.json").exists():
         return
     recorded = read_manifest(sidecar(output, "manifest.json"))
@@ -493,6 +523,16 @@ def run_corpus(
     OUT cannot be written, InputDamaged after committing the rows before damage in the input.
     """
     input = check_input(input)  # before OUT is created
+    claim_run(input, output)
+    try:
+        return _run_claimed(input, output, stage=stage, process=process, options=options,
+                            manifest_options=manifest_options, required=required, rows=rows, shard=shard, meta=meta)
+    finally:
+        release(output)
+
+
+def _run_claimed(input: Path, output, *, stage, process, options, manifest_options, required, rows, shard,
+                 meta) -> Summary:
     manifest = build_manifest(stage, input, manifest_options or {}, shard)
     summary = Summary(stage=stage, output=Path(output))
     start = time.perf_counter()

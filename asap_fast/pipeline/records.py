@@ -160,16 +160,27 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number (strict JSON has no NaN or Infinity)")
+
+
 def parse_line(number: int, line: bytes) -> Row:
-    """One JSON Lines line as a Row: the record, or the one-line reason it cannot be one."""
+    """One JSON Lines line as a Row: the record, or the one-line reason it cannot be one. Whatever
+    the line holds (deep nesting, a 5,000-digit integer, NaN), the answer is a Row, never an error."""
+    if number == 1 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark opens the file
+        line = line[3:]
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
         return Row(number, None, f"invalid UTF-8 at byte {e.start} of the line")
     try:
-        record = json.loads(text)
+        record = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as e:
         return Row(number, None, f"malformed JSON: {e.msg} at column {e.colno}")
+    except RecursionError:
+        return Row(number, None, "unreadable JSON: nested too deeply")
+    except Exception as e:  # noqa: BLE001 - e.g. an integer past Python's digit limit, NaN
+        return Row(number, None, f"unreadable JSON: {' '.join(str(e).split())[:200]}")
     if not isinstance(record, dict):
         return Row(number, None, f"a row must be a JSON object, got {type(record).__name__}")
     if _SURROGATE_ESCAPE.search(line):
@@ -180,11 +191,16 @@ def parse_line(number: int, line: bytes) -> Row:
 
 
 def unwritable_text(record) -> str | None:
-    """Why ``record`` cannot be written as UTF-8 JSON (a lone surrogate), or None."""
+    """Why ``record`` cannot be written as strict UTF-8 JSON (a lone surrogate, NaN or Infinity,
+    nesting too deep), or None."""
     try:
-        json.dumps(record, ensure_ascii=False).encode("utf-8")
+        json.dumps(record, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError as e:
         return f"text with a lone surrogate ({e.object[e.start:e.end]!a}) cannot be written as UTF-8"
+    except RecursionError:
+        return "the row is nested too deeply to be written"
+    except ValueError as e:  # NaN / Infinity: strict JSON readers refuse them
+        return f"the row cannot be written as strict JSON: {e}"
     return None
 
 
@@ -258,14 +274,17 @@ def _require(module: str, package: str):
 
 
 def rejects_path(out: str | os.PathLike) -> Path:
-    """Where the rejects of OUT go: ``a.jsonl[.gz]`` / ``a.parquet`` -> ``a.rejects.jsonl``; a
-    datasets directory ``d`` -> ``d/rejects.jsonl``."""
+    """Where the rejects of OUT go: ``a.jsonl`` -> ``a.rejects.jsonl``; ``a.jsonl.gz`` ->
+    ``a.jsonl.gz.rejects.jsonl`` and ``a.parquet`` -> ``a.parquet.rejects.jsonl`` (OUT's full name,
+    so that OUTs differing only in format never share one); a datasets directory ``d`` ->
+    ``d/rejects.jsonl``."""
     out = Path(out)
     fmt = format_of(out)
     if fmt == "datasets":
         return out / "rejects.jsonl"
-    suffix = "." + fmt if fmt != "jsonl.gz" else ".jsonl.gz"
-    return out.with_name(out.name[: -len(suffix)] + ".rejects.jsonl")
+    if fmt == "jsonl":
+        return out.with_name(out.name[: -len(".jsonl")] + ".rejects.jsonl")
+    return sidecar(out, "rejects.jsonl")
 
 
 def sidecar(out: str | os.PathLike, name: str) -> Path:

@@ -148,7 +148,13 @@ class ScorerSpec:
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = self.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-        return {"model": model_identity(self.model_path()), "dtype": dtype, "max_length": self.max_length}
+        options = {"model": model_identity(self.model_path()), "dtype": dtype, "max_length": self.max_length}
+        if device == "cpu":
+            # CPU kernels split their sums by thread count: scores can differ in the last bits
+            # between counts (1 and 2 threads agree on the demo scorer, 3 do not), so the count
+            # is part of what decides the bytes (docs/corpus.md, "Same bytes").
+            options["cpu_threads"] = torch.get_num_threads()
+        return options
 
     def load(self, *, quiet: bool = False, stage: str = "fine"):
         """The SurprisalScorer, saying on stderr when the bundled one is used."""
