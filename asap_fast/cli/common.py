@@ -33,7 +33,7 @@ def ratio(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
     if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (a fraction of each thinking's tokens), got {value:g}")
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (a fraction of each thinking's tokens), got {text}")
     return value
 
 
