@@ -241,3 +241,23 @@ def test_gzip_input_lock_and_identity_work_for_gz_too(tmp_path):
         assert asap("split", src, tmp_path / "o.jsonl", "--quiet", cwd=tmp_path).returncode == 2
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("batch", ["1", "64"])
+def test_parquet_out_holds_fields_of_mixed_types(tmp_path, batch):
+    """The sample traces' prompt is text in some rows and chat messages in others: Parquet stores
+    such a field as JSON text (named in its metadata) and every asap reader gives the values back."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    out = tmp_path / "out.parquet"
+    result = asap("split", EXAMPLES, out, "--quiet", "--batch", batch, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert pq.read_schema(out).metadata[b"asap_fast.json_fields"] == b'["prompt"]'
+    back = tmp_path / "back.jsonl"
+    assert asap("split", out, back, "--quiet", cwd=tmp_path).returncode == 0
+    plain = tmp_path / "plain.jsonl"
+    assert asap("split", EXAMPLES, plain, "--quiet", cwd=tmp_path).returncode == 0
+    rows = [json.loads(line) for line in back.read_text().splitlines()]
+    expected = [json.loads(line) for line in plain.read_text().splitlines()]
+    # a column store has every field in every row: a field a row lacked reads back as null
+    assert [{k: v for k, v in r.items() if v is not None or k in e} for r, e in zip(rows, expected)] == expected
+    assert {type(r["prompt"]) for r in rows} == {str, list}

@@ -212,8 +212,8 @@ class _PartsSink:
     def write(self, lines: list[bytes]) -> int:
         if not lines:
             return self.parts
-        pa, pq = _pyarrow()
-        table = pa.Table.from_pylist([json.loads(line) for line in lines])
+        table = _rows_table([json.loads(line) for line in lines])
+        _, pq = _pyarrow()
         part = self.dir / f"part-{self.parts:06d}.parquet"
         tmp = part.with_name(part.name + ".tmp")
         pq.write_table(table, tmp)
@@ -232,14 +232,22 @@ class _PartsSink:
     def finish(self) -> None:
         pa, pq = _pyarrow()
         parts = [self.dir / f"part-{k:06d}.parquet" for k in range(self.parts)]
+        schemas = [pq.read_schema(p) for p in parts]
+        # Fields stored as JSON text in any part, or whose types no promotion unifies (a prompt
+        # that is text in one part and chat messages in another), are JSON text in every part.
+        as_json = set().union(*(json_fields(s) for s in schemas)) | _conflicting_fields(schemas)
+        schemas = [_json_schema(s, as_json) for s in schemas]
         # A field that is null throughout one part and a string in another is widened to the
         # unified schema, not an error; parts are copied one at a time, so memory holds one part.
-        schema = (pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
-                  if parts else pa.schema([]))
+        schema = pa.unify_schemas(schemas, promote_options="permissive") if parts else pa.schema([])
+        if as_json:
+            schema = schema.with_metadata({JSON_FIELDS_KEY: json.dumps(sorted(as_json))})
         combined = self.path.with_name(self.path.name + ".tmp.parquet")
         with pq.ParquetWriter(combined, schema) as writer:
             for part in parts:
-                table = pa.concat_tables([schema.empty_table(), pq.read_table(part)], promote_options="permissive")
+                table = _json_columns(pq.read_table(part), as_json)
+                table = pa.concat_tables([schema.empty_table(), table.replace_schema_metadata(schema.metadata)],
+                                         promote_options="permissive")
                 writer.write_table(table.select(schema.names).cast(schema))
         if self.fmt == "parquet":
             os.replace(combined, self.path)
@@ -258,6 +266,82 @@ class _PartsSink:
         for new in staging.iterdir():
             os.replace(new, self.path / new.name)
         staging.rmdir()
+
+
+JSON_FIELDS_KEY = b"asap_fast.json_fields"
+
+
+def json_fields(schema) -> set[str]:
+    """The fields a Parquet OUT stores as JSON text (its metadata key ``asap_fast.json_fields``)."""
+    raw = (schema.metadata or {}).get(JSON_FIELDS_KEY)
+    return set(json.loads(raw)) if raw else set()
+
+
+def _kind(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__  # str, list, dict
+
+
+def _rows_table(records: list[dict]):
+    """An Arrow table of ``records``. A field whose values are of more than one JSON type (text in
+    one row, chat messages in another), or that Arrow cannot hold as one type, is stored as JSON
+    text (``json.dumps`` of each value) and named in the table's metadata."""
+    pa, _ = _pyarrow()
+    # Every field of every row, in order of first appearance (Table.from_pylist would take the
+    # first row's fields only and drop the others': a field only math rows have, say).
+    kinds: dict[str, set] = {}
+    for record in records:
+        for key, value in record.items():
+            kinds.setdefault(key, set()).add(_kind(value))
+    columns, mixed = {}, set()
+    for key, seen in kinds.items():
+        values = [r.get(key) for r in records]
+        if len(seen - {None}) <= 1:
+            try:
+                columns[key] = pa.array(values)
+                continue
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+                pass  # e.g. dicts with differently typed values, integers past 64 bits
+        mixed.add(key)
+        columns[key] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values], pa.string())
+    table = pa.Table.from_pydict(columns)
+    return table.replace_schema_metadata({JSON_FIELDS_KEY: json.dumps(sorted(mixed))}) if mixed else table
+
+
+def _conflicting_fields(schemas) -> set[str]:
+    pa, _ = _pyarrow()
+    conflicting: set[str] = set()
+    names = {name for s in schemas for name in s.names}
+    for name in names:
+        types = [s.field(name).type for s in schemas if name in s.names]
+        try:
+            pa.unify_schemas([pa.schema([pa.field(name, t)]) for t in types], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            conflicting.add(name)
+    return conflicting
+
+
+def _json_schema(schema, as_json: set[str]):
+    pa, _ = _pyarrow()
+    fields = [pa.field(f.name, pa.string()) if f.name in as_json else f for f in schema]
+    return pa.schema(fields)
+
+
+def _json_columns(table, as_json: set[str]):
+    """``table`` with every field of ``as_json`` as JSON text (those it already stores so, kept)."""
+    pa, _ = _pyarrow()
+    done = json_fields(table.schema)
+    for name in as_json - done:
+        if name in table.column_names:
+            values = [None if v is None else json.dumps(v, ensure_ascii=False) for v in table.column(name).to_pylist()]
+            table = table.set_column(table.column_names.index(name), pa.field(name, pa.string()),
+                                     pa.array(values, pa.string()))
+    return table
 
 
 def _pyarrow():
@@ -486,15 +570,26 @@ class _Sigterm:
             signal.signal(signal.SIGTERM, self.previous)
 
 
-def check_resumable(input, output, *, stage: str, manifest_options: dict, shard=None, overwrite: bool = False) -> None:
+def check_resumable(input, output, *, stage: str, manifest_options: dict, shard=None,
+                    overwrite: bool = False) -> int | None:
     """Raise ManifestMismatch now, before a model or an LLM backend loads, when OUT was begun by a
-    run with another input or other options (run_corpus checks again; this only answers sooner)."""
+    run with another input or other options (run_corpus checks again; this only answers sooner).
+    Returns the number of rows when OUT is a finished run of this very input and these options
+    (nothing is left to do, so no model needs to load), else None."""
     claim_run(input, output)
-    if overwrite or not sidecar(output, "progress.json").exists():
-        return
+    progress_file = sidecar(output, "progress.json")
+    if overwrite or not progress_file.exists():
+        return None
     recorded = read_manifest(sidecar(output, "manifest.json"))
-    if recorded is not None:
-        check_same(recorded, build_manifest(stage, check_input(input), manifest_options, shard), Path(output))
+    if recorded is None:
+        return None
+    check_same(recorded, build_manifest(stage, check_input(input), manifest_options, shard), Path(output))
+    try:
+        progress = json.loads(progress_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return progress["rows"] if progress.get("finished") else None
+
 
 
 def run_corpus(

@@ -222,13 +222,24 @@ def _read_jsonl(path: Path, start: int, stop: int | None) -> Iterator[Row]:
 def _read_parquet(path: Path, start: int, stop: int | None) -> Iterator[Row]:
     pq = _require("pyarrow.parquet", "pyarrow")
     seen = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+    source = pq.ParquetFile(path)
+    # fields an asap Parquet OUT stored as JSON text (values of mixed types): read back as values
+    raw = (source.schema_arrow.metadata or {}).get(b"asap_fast.json_fields")
+    as_json = json.loads(raw) if raw else []
+    for batch in source.iter_batches(batch_size=256):
         if seen + batch.num_rows <= start:  # skipped without converting its rows
             seen += batch.num_rows
             continue
         for offset, record in enumerate(batch.to_pylist()):
             k = seen + offset
             if k >= start and (stop is None or k < stop):
+                try:
+                    for name in as_json:
+                        if isinstance(record.get(name), str):
+                            record[name] = json.loads(record[name])
+                except ValueError as e:
+                    yield Row(k + 1, None, f"field stored as JSON text is not JSON: {e}", unit="row")
+                    continue
                 yield Row(k + 1, record, unit="row")
         seen += batch.num_rows
         if stop is not None and seen >= stop:
