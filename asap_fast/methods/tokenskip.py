@@ -20,6 +20,7 @@ import hashlib
 import json
 import numbers
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from asap_fast.core.errors import RowError
@@ -99,8 +100,10 @@ class TokenSkipStage:
     def __init__(self, compressor, tokenizer, config: TokenSkipConfig = TokenSkipConfig()):
         self.compressor, self.tokenizer, self.config = compressor, tokenizer, config
 
-    def process(self, records: list[dict]) -> list:
-        return [self._one(record) for record in records]
+    def process(self, records: list[dict]) -> Iterator:
+        """Each row's output or RowError, in order, yielded as it finishes (the run engine writes
+        and commits it then)."""
+        return (self._one(record) for record in records)
 
     def _one(self, record: dict):
         config, lingua = self.config, self.config.llmlingua

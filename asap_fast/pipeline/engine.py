@@ -34,7 +34,7 @@ import shutil
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -416,6 +416,9 @@ class CorpusWriter:
                                      f"remove it, choose another OUT or pass --overwrite")
 
         self.rows, out_state, rejects_bytes = 0, 0, 0
+        # (bytes, BLAKE2b) of the input up to the last committed row: a resume re-hashes that prefix
+        self.input_prefix: tuple[int, str] | None = None
+        self._pending_prefix: tuple[int, str] | None = None
         resumed = self.progress_path.exists()
         if resumed:
             recorded = read_manifest(self.manifest_path)
@@ -426,6 +429,8 @@ class CorpusWriter:
                 check_same(recorded, manifest, self.out_path)
             progress = json.loads(self.progress_path.read_text(encoding="utf-8"))
             self.rows, out_state, rejects_bytes = progress["rows"], progress["out"], progress["rejects_bytes"]
+            if progress.get("input_prefix"):
+                self.input_prefix = tuple(progress["input_prefix"])
         try:
             if fmt in ("jsonl", "jsonl.gz"):
                 if not resumed and self.out_path.exists() and self.out_path.stat().st_size > 0:
@@ -463,6 +468,7 @@ class CorpusWriter:
             return False
         self._out_lines.append(line)
         self._pending_rows += 1
+        self._pending_prefix = row.prefix
         return True
 
     def reject(self, row: Row, error: str, stage: str | None = None) -> None:
@@ -473,6 +479,7 @@ class CorpusWriter:
             line = (json.dumps(entry, ensure_ascii=True) + "\n").encode("ascii")
         self._reject_lines.append(line)
         self._pending_rows += 1
+        self._pending_prefix = row.prefix
 
     def commit(self) -> None:
         """Append the buffered rows to OUT and the rejects (fsynced), then replace the progress file:
@@ -505,6 +512,7 @@ class CorpusWriter:
         self._reject_lines.clear()
         self.rows += self._pending_rows
         self._pending_rows = 0
+        self.input_prefix = self._pending_prefix
 
     def _rollback(self) -> None:
         """Cut OUT and the rejects back to the last commit (best effort: the next run truncates to
@@ -516,8 +524,10 @@ class CorpusWriter:
                 pass
 
     def _write_progress(self, out_state: int, rejects_bytes: int, *, rows: int | None = None, **extra) -> None:
+        prefix = self.input_prefix if rows is None else self._pending_prefix
         self._write_json(self.progress_path, {"rows": self.rows if rows is None else rows, "out": out_state,
-                                              "rejects_bytes": rejects_bytes, **self.meta, **extra})
+                                              "rejects_bytes": rejects_bytes, **self.meta,
+                                              **({"input_prefix": list(prefix)} if prefix else {}), **extra})
 
     def _write_json(self, path: Path, data: dict) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -548,7 +558,8 @@ class CorpusWriter:
                 raise OutputError(Path(e.filename) if e.filename else self.out_path, e) from None
 
 
-BatchFn = Callable[[list[dict]], Sequence["dict | RowError"]]
+BatchFn = Callable[[list[dict]], "Iterable[dict | RowError]"]
+_MISSING = object()
 
 
 class _Sigterm:
@@ -640,11 +651,18 @@ def _run_claimed(input: Path, output, *, stage, process, options, manifest_optio
     progress = Progress(stage, quiet=options.quiet, done=writer.rows, total=todo,
                         count_total=lambda: count_rows(input))
     last_commit = time.monotonic()
+
+    def commit_when_due() -> None:  # between rows, so a slow stage's finished rows are kept too
+        nonlocal last_commit
+        if time.monotonic() - last_commit >= options.commit_seconds:
+            writer.commit()
+            last_commit = time.monotonic()
+
     damage: InputDamaged | None = None
     try:
         with _Sigterm():
             batch: list[Row] = []  # every row in input order; unreadable ones carry their error
-            rows_read = read_rows(input, start_row + writer.rows, stop_row)
+            rows_read = read_rows(input, start_row + writer.rows, stop_row, expect_prefix=writer.input_prefix)
             while True:
                 try:
                     row = next(rows_read)
@@ -659,12 +677,9 @@ def _run_claimed(input: Path, output, *, stage, process, options, manifest_optio
                         row.error = f"missing field '{missing[0]}'"
                 batch.append(row)
                 if sum(r.error is None for r in batch) >= options.batch:
-                    _handle(batch, process, writer, summary, progress)
+                    _handle(batch, process, writer, summary, progress, commit_when_due)
                     batch = []
-                    if time.monotonic() - last_commit >= options.commit_seconds:
-                        writer.commit()
-                        last_commit = time.monotonic()
-            _handle(batch, process, writer, summary, progress)
+            _handle(batch, process, writer, summary, progress, commit_when_due)
     except KeyboardInterrupt:
         progress.close()
         writer.close(finished=False)
@@ -689,34 +704,44 @@ def reason_kind(reason: str) -> str:
     return re.sub(r"(?<![\w-])\d[\d,.]*", "N", reason.split(":")[0]).strip()
 
 
-def _handle(batch: list[Row], process: BatchFn, writer: CorpusWriter, summary: Summary, progress: Progress) -> None:
+def _handle(batch: list[Row], process: BatchFn, writer: CorpusWriter, summary: Summary, progress: Progress,
+            commit_when_due: Callable[[], None]) -> None:
+    """Write the results of one batch in input order. ``process`` may return a list or yield its
+    results one by one as rows finish: then each row is written, shown and (every commit interval)
+    committed as soon as it is done, so a slow stage (SPIRIT: K + 1 passes per row) keeps its work."""
     readable = [row for row in batch if row.error is None]
-    results = list(process([row.record for row in readable])) if readable else []
-    if len(results) != len(readable):
-        raise RuntimeError(f"stage {summary.stage!r} returned {len(results)} results for {len(readable)} rows")
-    results = iter(results)
-    before = after = 0
+    results = iter(process([row.record for row in readable]) if readable else ())
+    handled = 0
     for row in batch:
-        result = RowError(row.error) if row.error is not None else next(results)
+        if row.error is not None:
+            result = RowError(row.error)
+        else:
+            result = next(results, _MISSING)
+            if result is _MISSING:
+                raise RuntimeError(f"stage {summary.stage!r} returned {handled} results for {len(readable)} rows")
+            handled += 1
+        before = after = 0
         summary.rows += 1
         if not isinstance(result, RowError) and writer.write(row, result):
             summary.written += 1
             if isinstance(result.get("tokens_before"), int) and isinstance(result.get("tokens_after"), int):
-                before += result["tokens_before"]
-                after += result["tokens_after"]
+                before, after = result["tokens_before"], result["tokens_after"]
                 # step scores: stage 2's surprisal, or a step method's own (asap compress --method)
                 summary.steps += len(result.get("step_surprisal") or result.get("step_importance") or ())
                 summary.steps_kept += len(result.get("kept_steps") or ())
             if "messages" in result and unwrap_rendered_chat(row.record.get("prompt")) is not None:
                 summary.prompts_unwrapped += 1
-            continue
-        if isinstance(result, RowError):
-            writer.reject(row, str(result), result.stage)
-            reason = str(result)
         else:
-            reason = unwritable_text(result) or "row cannot be written as UTF-8"
-        summary.rejected += 1
-        summary.reasons[reason_kind(reason)] += 1
-    summary.tokens_before += before
-    summary.tokens_after += after
-    progress.update(len(batch), before, after)
+            if isinstance(result, RowError):
+                writer.reject(row, str(result), result.stage)
+                reason = str(result)
+            else:
+                reason = unwritable_text(result) or "row cannot be written as UTF-8"
+            summary.rejected += 1
+            summary.reasons[reason_kind(reason)] += 1
+        summary.tokens_before += before
+        summary.tokens_after += after
+        progress.update(1, before, after)
+        commit_when_due()
+    if next(results, _MISSING) is not _MISSING:
+        raise RuntimeError(f"stage {summary.stage!r} returned more results than the {len(readable)} rows it was given")

@@ -45,7 +45,7 @@ class _ScorerActor:
 
         rows = [pickle.loads(b) for b in batch["row"]]
         before = getattr(self.stage, "tokens_scored", 0)
-        results = self.stage.process(rows)
+        results = list(self.stage.process(rows))  # consumed before the token count is read
         tokens = getattr(self.stage, "tokens_scored", 0) - before
         out = [pickle.dumps(("error", str(r)) if isinstance(r, RowError) else ("ok", r)) for r in results]
         return {"idx": np.asarray(batch["idx"]), "out": np.array(out, dtype=object),

@@ -15,6 +15,7 @@ ends early (a truncated ``.jsonl.gz``) yields every complete row before the dama
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -51,6 +52,9 @@ class Row:
     record: dict | None
     error: str | None = None
     unit: str = "line"
+    # JSON Lines: (bytes of the input up to the end of this row's line, their BLAKE2b), what a
+    # commit records so that a resume can prove the input it skips is the input it processed
+    prefix: tuple[int, str] | None = None
 
     @property
     def id(self) -> str:
@@ -116,15 +120,24 @@ def check_input(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_rows(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> Iterator[Row]:
+class InputChanged(InputError):
+    """The input's bytes before the resume point are not those the committed rows were read from."""
+
+
+def read_rows(path: str | os.PathLike, start: int = 0, stop: int | None = None, *,
+              expect_prefix: tuple[int, str] | None = None) -> Iterator[Row]:
     """Rows ``start <= k < stop`` of any supported input, in order, with bounded memory, each with
-    its 1-based line (JSON Lines) or row number, without parsing the rows before ``start``."""
+    its 1-based line (JSON Lines) or row number, without parsing the rows before ``start``.
+
+    JSON Lines rows carry ``prefix`` (see Row). ``expect_prefix``: the prefix a previous run
+    recorded for row ``start - 1``; the rows skipped to get there are hashed on the way (the one
+    sequential read a resume makes anyway) and InputChanged is raised when they differ."""
     path = check_input(path)
     fmt = format_of(path)
     if stop is not None and stop <= start:
         return
     if fmt in ("jsonl", "jsonl.gz"):
-        yield from _read_jsonl(path, start, stop)
+        yield from _read_jsonl(path, start, stop, expect_prefix)
     elif fmt == "parquet":
         yield from _read_parquet(path, start, stop)
     else:
@@ -136,14 +149,17 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[Row]:
     yield from read_rows(path)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes without the final \\n) of each line; split at \\n only."""
+def _lines(path: Path, hasher=None) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes without the final \\n) of each line; split at \\n only. ``hasher``
+    (a hashlib object) is updated with every line read, blank ones included."""
     opener = gzip.open if path.name.endswith(".gz") else open
     number = 0
     with opener(path, "rb") as f:
         try:
             for line in f:  # binary iteration splits at b"\n" only
                 number += 1
+                if hasher is not None:
+                    hasher.update(line)
                 yield number, line[:-1] if line.endswith(b"\n") else line
         except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
             raise _Damage(number, _why(e)) from None
@@ -204,16 +220,24 @@ def unwritable_text(record) -> str | None:
     return None
 
 
-def _read_jsonl(path: Path, start: int, stop: int | None) -> Iterator[Row]:
+def _read_jsonl(path: Path, start: int, stop: int | None, expect_prefix=None) -> Iterator[Row]:
     k = 0
+    hasher, consumed = hashlib.blake2b(digest_size=16), 0
     try:
-        for number, line in _lines(path):
+        for number, line in _lines(path, hasher):
+            consumed += len(line) + 1
             if not line.strip():
                 continue
+            if k == start - 1 and expect_prefix is not None and expect_prefix != (consumed, hasher.hexdigest()):
+                raise InputChanged(f"{path} has changed since OUT was begun: its first {start} rows "
+                                   f"({expect_prefix[0]:,} bytes) are not the ones processed; run with the "
+                                   f"original input, or pass --overwrite to start afresh")
             if k >= start:
                 if stop is not None and k >= stop:
                     return
-                yield parse_line(number, line)
+                row = parse_line(number, line)
+                row.prefix = (consumed, hasher.hexdigest())
+                yield row
             k += 1
     except _Damage as d:
         raise InputDamaged(path, k, f"{d.cause} (after line {d.line})") from None

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 from asap_fast.core.chat import unwrap_rendered_chat
@@ -214,9 +214,9 @@ class FineStage:
             raise RowError(f"no steps in {field}")
         return prefix, steps, trace.answer, think
 
-    def process(self, records: Sequence[dict]) -> list:
-        """Output record or RowError for each record, in order."""
-        return [self._process_one(record) for record in records]
+    def process(self, records: Sequence[dict]) -> Iterator:
+        """Output record or RowError for each record, in order, yielded as each finishes."""
+        return (self._process_one(record) for record in records)
 
     def _process_one(self, record: dict):
         from asap_fast.stage2.pruning import prune_steps, thinking_budget
