@@ -215,7 +215,7 @@ def check_stage2(records, tokenizer, budget):
     counts (accepted, fitting, pruned, kept steps checked, pruned texts that differ from the
     stripped join)."""
     stage = fine_stage(StubScorer(tokenizer), **budget)
-    results = stage.process(records)
+    results = list(stage.process(records))
     accepted = fitting = pruned = steps_checked = kept_whitespace = emptied = 0
     for record, result in zip(records, results):
         try:

@@ -197,7 +197,7 @@ def test_tokenskip_stage_compresses_at_the_drawn_ratio(classifiers, traces, coun
     config = TokenSkipConfig(llmlingua=LLMLingua2Config(model=compressor.model), ratios=(0.5, 0.8, 1.0), seed=3)
     stage = TokenSkipStage(compressor, counter, config)
     rows = [row(steps, id=f"t{i}") for i, steps in enumerate(cases(traces, 3000))]
-    outs = stage.process(rows)
+    outs = list(stage.process(rows))
     for r, out in zip(rows, outs):
         assert not isinstance(out, Exception), out
         ratio = draw_ratio(r, config.ratios, 3)
