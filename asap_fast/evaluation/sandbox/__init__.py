@@ -18,7 +18,8 @@ Which layer ran is in ``SandboxResult.isolation["layer"]`` and in ``isolation_re
 
 Whatever the layer, the parent (this module) alone decides: the run's job goes in through a memfd
 (nothing to read back off a disk), its events come out on a pipe that is read with a per-line and
-a total cap, stdout/stderr are captured with a cap; the deadline is kept here, from outside the
+a total cap and decoded within bounds on size, values and depth (``protocol.py``: the trust
+boundary, where the sample's bytes become the parent's data), stdout/stderr are captured with a cap; the deadline is kept here, from outside the
 sample (a stopped or killed process inside cannot stretch it), and at the end the whole run is
 killed: through its cgroup when there is one, its process group and, for bwrap, the PID namespace
 that dies with it. Memory is capped per process (RLIMIT_AS) and, where a cgroup can be made (v2

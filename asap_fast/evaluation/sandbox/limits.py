@@ -26,7 +26,9 @@ class SandboxLimits:
     output_bytes:   stdout and stderr are each kept up to this many bytes (the rest is read and
                     dropped, so the program never blocks on a full pipe).
     events_bytes:   cap on everything read from the events channel; events_line_bytes: on one
-                    event. Past either the run is killed and marked ``overflow``.
+                    event (4 MiB: part of the parent's 64 MiB per-sample bound, see protocol.py;
+                    raising it raises that bound). Past either the run is killed and marked
+                    ``overflow``.
     allow_network:  keep the host's network (default: a new, empty network namespace).
     layer:          "auto" (bwrap where it runs, else namespaces), "bwrap", "namespaces", "none".
     cgroup:         use a per-sample cgroup where one can be made.
