@@ -1,221 +1,336 @@
-"""Issue 21, run engine: nothing lost, nothing mixed. An OUT is locked for its run's life, never the
-input, every row's failure is that row's reject, Parquet holds every JSON row, strict JSON out."""
+"""Hostile input against the run engine, second round: one run per OUT, OUT never the input, side
+files that are OUT's alone, and no single row (whatever its bytes) that can stop a run."""
 
+from __future__ import annotations
+
+import fcntl
+import gzip
 import json
 import os
 import random
 import subprocess
 import sys
-import textwrap
+import time
+from pathlib import Path
 
 import pytest
 
-from asap_fast.cli import main as cli
+from asap_fast.pipeline.claim import lock_path
 from asap_fast.pipeline.engine import RunOptions, run_corpus
-from asap_fast.pipeline.lock import OutputLocked, RunLock
+from asap_fast.pipeline.records import rejects_path
 
-EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "sample-traces.jsonl")
+ASAP = str(Path(sys.executable).parent / "asap")
+ENV = {k: v for k, v in os.environ.items() if k != "ASAP_DEBUG"}
+ENV.update(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "sample-traces.jsonl"
 
 
-def identity(records):
+def asap(*args, cwd: Path) -> subprocess.CompletedProcess:
+    result = subprocess.run([ASAP, *map(str, args)], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                            cwd=cwd, env=ENV, timeout=300)
+    assert "Traceback" not in result.stderr, result.stderr
+    return result
+
+
+def generation(i: int) -> str:
+    return f"<think>\nRow {i} a.\n\nRow {i} b.\n</think>\n```python\nprint({i})\n```"
+
+
+def write_rows(path: Path, n: int) -> Path:
+    path.write_text("".join(json.dumps({"id": f"r{i}", "prompt": "p", "generation": generation(i)}) + "\n"
+                            for i in range(n)), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------- the lock
+
+
+def test_a_second_run_on_a_locked_out_stops_naming_the_holder(tmp_path):
+    src = write_rows(tmp_path / "in.jsonl", 5)
+    out = tmp_path / "out.jsonl"
+    assert asap("split", src, out, "--quiet", cwd=tmp_path).returncode == 0
+    finished = out.read_bytes()
+    # Another process holds OUT's lock (as a live run does for its whole life).
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(lock_path(out))!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, str(os.getpid()).encode())\n"
+        "print('held', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        result = asap("split", src, out, "--quiet", cwd=tmp_path)
+        assert result.returncode == 2 and time.monotonic() - started < 30
+        assert result.stderr.strip() == (f"asap split: error: {out} is in use by another asap run "
+                                         f"(pid {holder.pid}); wait for it to end or stop it")
+        assert out.read_bytes() == finished
+        # asap merge refuses a shard that a live run holds
+        other = write_rows(tmp_path / "o.jsonl", 1)
+        result = asap("merge", tmp_path / "m.jsonl", out, other, cwd=tmp_path)
+        assert result.returncode == 2 and f"(pid {holder.pid})" in result.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    # the kernel drops a killed holder's lock: no stale lock to clean up
+    assert asap("split", src, out, "--quiet", "--overwrite", cwd=tmp_path).returncode == 0
+    assert out.read_bytes() == finished
+
+
+def test_two_runs_started_together_never_mix(tmp_path):
+    src = write_rows(tmp_path / "in.jsonl", 3000)
+    out = tmp_path / "out.jsonl"
+    runs = [subprocess.Popen([ASAP, "split", str(src), str(out), "--quiet"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=ENV) for _ in range(2)]
+    results = [(r.wait(timeout=300), r.stderr.read()) for r in runs]
+    # the second either met the first's lock, or started after it ended and found OUT complete
+    assert 0 in [code for code, _ in results], results
+    for code, err in results:
+        assert code == 0 or (code == 2 and "is in use by another asap run" in err), results
+    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
+    assert ids == [f"r{i}" for i in range(3000)]  # every row once, in order
+
+
+# ----------------------------------------------------------------------- OUT is never the input
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_out_that_is_the_input_is_refused_whatever_its_spelling(tmp_path, overwrite):
+    src = write_rows(tmp_path / "in.jsonl", 3)
+    original = src.read_bytes()
+    (tmp_path / "sub").mkdir()
+    os.symlink(src, tmp_path / "link.jsonl")
+    os.link(src, tmp_path / "hard.jsonl")
+    extra = ["--overwrite"] if overwrite else []
+    for out in ("in.jsonl", "./in.jsonl", "sub/../in.jsonl", str(src), "link.jsonl", "hard.jsonl"):
+        result = asap("split", "in.jsonl", out, "--quiet", *extra, cwd=tmp_path)
+        assert result.returncode == 2, (out, result.stderr)
+        assert "would overwrite the input" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert src.read_bytes() == original
+    # a side file of OUT that is the input: OUT "in" writes in.rejects.jsonl
+    rejects_input = write_rows(tmp_path / "in.rejects.jsonl", 2)
+    result = asap("split", "in.rejects.jsonl", "in.jsonl", "--quiet", *extra, cwd=tmp_path)
+    assert result.returncode == 2 and "would overwrite the input" in result.stderr
+    assert len(rejects_input.read_text().splitlines()) == 2
+
+
+def test_a_side_file_the_run_did_not_write_is_refused(tmp_path):
+    src = write_rows(tmp_path / "bad.jsonl", 2)
+    mine = tmp_path / "data.rejects.jsonl"
+    mine.write_text("my own notes\n")
+    result = asap("split", src, tmp_path / "data.jsonl", "--quiet", cwd=tmp_path)
+    assert result.returncode == 2 and "data.rejects.jsonl exists but was not written by a run" in result.stderr
+    assert mine.read_text() == "my own notes\n"
+
+
+def test_outs_that_differ_only_in_format_keep_their_own_rejects(tmp_path):
+    pytest.importorskip("pyarrow")
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "ok", "generation": generation(0)}) + "\n{not json\n", encoding="utf-8")
+    outs = [tmp_path / "o.jsonl", tmp_path / "o.jsonl.gz", tmp_path / "o.parquet"]
+    for out in outs:
+        assert asap("split", src, out, "--quiet", cwd=tmp_path).returncode == 0
+    assert len({rejects_path(out) for out in outs}) == 3
+    for out in outs:
+        (reject,) = [json.loads(line) for line in rejects_path(out).read_text().splitlines()]
+        assert reject["id"] == "line:2"
+
+
+def test_out_that_is_not_a_regular_file_is_one_line(tmp_path):
+    src = write_rows(tmp_path / "in.jsonl", 1)
+    result = asap("split", src, "/dev/null", "--quiet", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "asap split: error: OUT /dev/null is not a regular file or directory"
+
+
+# --------------------------------------------------------------------- no row can stop a run
+
+
+def _identity(records):
     return [{**r, "seen": True} for r in records]
 
 
-def run(inp, out, **kw):
-    return run_corpus(inp, out, stage="t", process=identity, options=RunOptions(quiet=True, **kw))
-
-
-def write_rows(path, rows):
-    path.write_bytes(b"".join(r if isinstance(r, bytes) else (json.dumps(r) + "\n").encode() for r in rows))
-
-
-def test_a_second_run_on_a_locked_out_stops_at_once_naming_the_pid(tmp_path, capsys):
-    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_rows(inp, [{"id": i, "generation": "g"} for i in range(5)])
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-        from asap_fast.pipeline.lock import RunLock
-        RunLock({str(out)!r}).acquire(what="asap split")
-        print("locked", flush=True)
-        time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(OutputLocked, match=f"pid {holder.pid}"):
-            run(inp, out)
-        assert not out.exists()  # refused before anything was written
-        assert cli(["split", str(inp), str(out), "--quiet"]) == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and str(holder.pid) in err
-    finally:
-        holder.kill()  # kill -9: the kernel drops the flock with the process
-        holder.wait()
-    run(inp, out)
-    assert len(out.read_text().splitlines()) == 5
-
-
-def test_merge_holds_the_shard_locks(tmp_path):
-    from asap_fast.pipeline.shards import merge_shards
-
-    shard = tmp_path / "s0.jsonl"
-    with RunLock(shard):
-        with pytest.raises(OutputLocked, match=f"pid {os.getpid()}"):
-            merge_shards(tmp_path / "m.jsonl", [shard])
-
-
-def test_two_concurrent_cli_runs_never_mix_rows(tmp_path):
-    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_rows(inp, [{"id": i, "prompt": "p", "kind": "math", "generation": f"<think>a.\n\nb {i}.</think> ok"} for i in range(3000)])
-    cmd = [sys.executable, "-m", "asap_fast.cli", "split", str(inp), str(out), "--quiet", "--batch", "16",
-           "--commit-seconds", "0"]
-    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(), p.stderr.read()) for p in procs]
-    assert sorted(rc for rc, _ in results) == [0, 2], results
-    assert "pid" in [err for rc, err in results if rc == 2][0]
-    ids = [json.loads(line)["id"] for line in out.read_text().splitlines()]
-    rejected = [json.loads(line) for line in (tmp_path / "out.rejects.jsonl").read_text().splitlines()]
-    assert rejected == [] and ids == list(range(3000))
-
-
-@pytest.mark.parametrize("how", ["same", "spelling", "symlink", "hardlink"])
-@pytest.mark.parametrize("overwrite", [False, True])
-def test_out_is_never_the_input(tmp_path, how, overwrite, capsys):
-    inp = tmp_path / "in.jsonl"
-    write_rows(inp, [{"id": i, "generation": "g"} for i in range(4)])
-    before = inp.read_bytes()
-    out = {"same": inp, "spelling": tmp_path / "x" / ".." / "in.jsonl"}.get(how, tmp_path / "alias.jsonl")
-    (tmp_path / "x").mkdir()
-    if how == "symlink":
-        out.symlink_to(inp)
-    elif how == "hardlink":
-        os.link(inp, out)
-    args = ["split", str(inp), str(out), "--quiet"] + (["--overwrite"] if overwrite else [])
-    assert cli(args) == 2
-    assert "input" in capsys.readouterr().err
-    assert inp.read_bytes() == before
-
-
-def test_a_side_file_that_is_the_input_is_refused(tmp_path):
-    inp = tmp_path / "in.jsonl"
-    write_rows(inp, [{"id": 1, "generation": "g"}])
-    os.link(inp, tmp_path / "out.jsonl.progress.json")
-    with pytest.raises(ValueError, match="input"):
-        run(inp, tmp_path / "out.jsonl", overwrite=True)
-    assert inp.stat().st_size > 0
-
-
-def hostile_rows():
-    yield b'{"id": "deep", "generation": ' + b"[" * 200_000 + b"]" * 200_000 + b"}\n"
-    yield b'{"id": "bigint", "generation": "g", "n": ' + b"9" * 5000 + b"}\n"
-    yield b'{"id": "nan", "generation": "g", "x": NaN}\n'
-    yield b'{"id": "inf", "generation": "g", "x": -Infinity}\n'
-    yield b'{"id": "surrogate", "generation": "\\ud800"}\n'
-    yield b"\xff\xfe not utf-8\n"
-    yield b"[1, 2]\n"
-
-
-def fuzzed_rows(rng, n):
-    good = json.dumps({"id": "f", "generation": "<think>a</think> b", "n": [1, {"k": 2.5}]}).encode()
-    alphabet = b'{}[]":,0123456789eE.-+\\ufdNaIty \xef\xbb\xbf\xff\x00'
-    for _ in range(n):
-        row = bytearray(good)
+def hostile_lines(rng: random.Random) -> list[bytes]:
+    """Row bytes that have broken a reader: the named cases, then random mutations of a valid row."""
+    good = json.dumps({"id": "x", "generation": "g", "n": 1.5}).encode()
+    lines = [
+        b"[" * 200_000 + b"]" * 200_000,                     # RecursionError in json
+        b'{"id": "deep", "generation": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"id": "bigint", "generation": "g", "n": ' + b"9" * 5000 + b"}",  # past Python's digit limit
+        b'{"id": "nan", "generation": "g", "n": NaN}', b'{"id": "inf", "generation": "g", "n": -Infinity}',
+        b'{"id": "surrogate", "generation": "\\udc80"}', b"\xff\xfe\x00", b"", b"   ", b"null", b'"s"',
+        b'{"id": "x", "generation": "g", "n": 1e999}',        # float overflow: inf
+    ]
+    for _ in range(300):
+        mutated = bytearray(good)
         for _ in range(rng.randint(1, 6)):
-            op = rng.randrange(3)
-            at = rng.randrange(len(row) + 1)
-            if op == 0:
-                row[at:at] = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 4)))
-            elif op == 1 and row:
-                del row[at:at + rng.randint(1, 4)]
-            else:
-                row[at:at] = rng.choice([b"[" * 5000, b"9" * 4400, b"NaN", b"1e999", b"\\udc00"])
-        yield bytes(row).replace(b"\n", b" ") + b"\n"
+            op, at = rng.random(), rng.randrange(len(mutated) + 1)
+            if op < 0.4:
+                mutated[at:at] = bytes([rng.randrange(256)])
+            elif op < 0.7 and mutated:
+                del mutated[min(at, len(mutated) - 1)]
+            elif mutated:
+                mutated[min(at, len(mutated) - 1)] = rng.choice(b'{}[]":,\\0123456789eE-+.NaIfinty \t\r')
+        lines.append(bytes(mutated).replace(b"\n", b" "))
+    return lines
 
 
-@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
-def test_whatever_one_row_holds_it_is_written_or_rejected_with_its_line(tmp_path, suffix):
+def test_no_row_stops_a_run_fuzzed(tmp_path):
     rng = random.Random(21)
-    rows = list(hostile_rows()) + list(fuzzed_rows(rng, 400))
-    ok = [(json.dumps({"id": f"ok{k}", "generation": "g"}) + "\n").encode() for k in range(len(rows))]
-    lines = [line for pair in zip(ok, rows) for line in pair]
-    inp, out = tmp_path / "in.jsonl", tmp_path / f"out.{suffix}"
-    write_rows(inp, lines)
-    summary = run(inp, out, batch=7)
-    assert summary.rows == len(lines) and summary.written + summary.rejected == len(lines)
-    rejects = [json.loads(x) for x in (tmp_path / "out.rejects.jsonl").read_text().splitlines()]
-    # the hostile rows are lines 2, 4, ..., 14 (each after a good row); none was read, so each
-    # reject is named by its line
-    assert {f"line:{2 * k}" for k in range(1, 8)} <= {r["id"] for r in rejects}
-    for r in rejects:
-        assert r["error"] and "\n" not in r["error"]
-    # every written row is strict JSON (no NaN / Infinity)
-    from asap_fast.pipeline.records import read_rows
-    for row in read_rows(out):
-        assert row.error is None
-        json.dumps(row.record, allow_nan=False)
-    assert {f"ok{k}" for k in range(len(rows))} <= {r.record.get("id") for r in read_rows(out)}
-    # a resume of the finished run is not stopped by any of them either
-    assert run(inp, out).rows == 0
+    lines = hostile_lines(rng)
+    good = [json.dumps({"id": f"good{i}", "generation": "g"}).encode() for i in range(len(lines))]
+    body = [line for pair in zip(good, lines) for line in pair]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(body) + b"\n")
+    out = tmp_path / "out.jsonl"
+    summary = run_corpus(src, out, stage="t", process=_identity, options=RunOptions(batch=7, quiet=True))
+    written = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    rejects = [json.loads(line) for line in rejects_path(out).read_text(encoding="utf-8").splitlines()]
+    nonblank = sum(1 for line in body if line.strip())
+    assert summary.written + summary.rejected == nonblank == len(written) + len(rejects)
+    assert [r["id"] for r in written if str(r.get("id")).startswith("good")] == [f"good{i}" for i in range(len(lines))]
+    for reject in rejects:  # every reject says which line and why, in one line
+        assert reject["id"] and reject["error"] and "\n" not in reject["error"]
+        assert str(reject["id"]).startswith("line:") or reject["id"] in {"x", "deep", "bigint", "nan", "inf", "surrogate"}
+    by_id = {r["id"]: r["error"] for r in rejects}
+    assert by_id["line:2"] == "unreadable JSON: nested too deeply"
+    assert by_id["deep"] if "deep" in by_id else by_id["line:4"] == "unreadable JSON: nested too deeply"
+    assert "4300" in by_id["line:6"] or "digits" in by_id["line:6"]
+    assert "NaN" in by_id["line:8"] and "Infinity" in by_id["line:10"]
+    # what was written is strict JSON: no NaN / Infinity a strict reader refuses
+    text = out.read_text(encoding="utf-8")
+    json.loads("[" + ",".join(text.splitlines()) + "]", parse_constant=lambda c: pytest.fail(f"{c} written"))
 
 
-def test_a_utf8_bom_is_read(tmp_path):
-    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    write_rows(inp, [b"\xef\xbb\xbf" + json.dumps({"id": 1, "generation": "g"}).encode() + b"\n"])
-    assert run(inp, out).written == 1
+def test_a_byte_order_mark_opens_the_file(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "first", "generation": "g"}).encode() + b"\n")
+    out = tmp_path / "out.jsonl"
+    summary = run_corpus(src, out, stage="t", process=_identity, options=RunOptions(quiet=True))
+    assert summary.written == 1 and json.loads(out.read_text())["id"] == "first"
 
 
-def test_parquet_out_of_the_sample_file(tmp_path):
+def test_a_stage_output_with_nan_is_a_reject_not_bare_nan(tmp_path):
+    src = write_rows(tmp_path / "in.jsonl", 2)
+    out = tmp_path / "out.jsonl"
+    summary = run_corpus(src, out, stage="t", options=RunOptions(quiet=True),
+                         process=lambda rs: [{**r, "score": float("nan") if r["id"] == "r1" else 1.0} for r in rs])
+    assert summary.written == 1 and summary.rejected == 1
+    (reject,) = [json.loads(line) for line in rejects_path(out).read_text().splitlines()]
+    assert reject["id"] == "r1" and "strict JSON" in reject["error"]
+
+
+def test_ratio_error_shows_the_value_as_given(tmp_path):
+    src = write_rows(tmp_path / "in.jsonl", 1)
+    result = asap("fine", src, tmp_path / "o.jsonl", "--ratio", "1.0000001", "--quiet", cwd=tmp_path)
+    assert result.returncode == 2 and "1.0000001" in result.stderr, result.stderr
+
+
+def test_gzip_input_lock_and_identity_work_for_gz_too(tmp_path):
+    src = tmp_path / "in.jsonl.gz"
+    with gzip.open(src, "wt", encoding="utf-8") as f:
+        f.write(json.dumps({"id": "a", "generation": generation(0)}) + "\n")
+    result = asap("split", src, src, "--quiet", "--overwrite", cwd=tmp_path)
+    assert result.returncode == 2 and "would overwrite the input" in result.stderr
+    with gzip.open(src, "rt") as f:
+        assert json.loads(f.readline())["id"] == "a"
+    fd = os.open(lock_path(tmp_path / "o.jsonl"), os.O_RDWR | os.O_CREAT)
+    try:  # a lock this test process holds: the CLI (another process) must see it
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert asap("split", src, tmp_path / "o.jsonl", "--quiet", cwd=tmp_path).returncode == 2
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("batch", ["1", "64"])
+def test_parquet_out_holds_fields_of_mixed_types(tmp_path, batch):
+    """The sample traces' prompt is text in some rows and chat messages in others: Parquet stores
+    such a field as JSON text (named in its metadata) and every asap reader gives the values back."""
     pq = pytest.importorskip("pyarrow.parquet")
-    from asap_fast.pipeline.records import read_rows
-
     out = tmp_path / "out.parquet"
-    assert cli(["split", EXAMPLES, str(out), "--quiet"]) == 0
-    meta = pq.read_schema(out).metadata
-    assert json.loads(meta[b"asap.json_text"]) == ["prompt"]
-    back = {r.record["id"]: r.record["prompt"] for r in read_rows(out)}
-    sample = {r["id"]: r["prompt"] for r in map(json.loads, open(EXAMPLES, encoding="utf-8"))}
-    assert back and all(sample[k] == v for k, v in back.items())
+    result = asap("split", EXAMPLES, out, "--quiet", "--batch", batch, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert pq.read_schema(out).metadata[b"asap_fast.json_fields"] == b'["prompt"]'
+    back = tmp_path / "back.jsonl"
+    assert asap("split", out, back, "--quiet", cwd=tmp_path).returncode == 0
+    plain = tmp_path / "plain.jsonl"
+    assert asap("split", EXAMPLES, plain, "--quiet", cwd=tmp_path).returncode == 0
+    rows = [json.loads(line) for line in back.read_text().splitlines()]
+    expected = [json.loads(line) for line in plain.read_text().splitlines()]
+    # a column store has every field in every row: a field a row lacked reads back as null
+    assert [{k: v for k, v in r.items() if v is not None or k in e} for r, e in zip(rows, expected)] == expected
+    assert {type(r["prompt"]) for r in rows} == {str, list}
 
 
-def test_mixed_types_across_parts_are_json_text(tmp_path):
-    pq = pytest.importorskip("pyarrow.parquet")
-    inp, out = tmp_path / "in.jsonl", tmp_path / "out.parquet"
-    values = ["s", [1, 2], 3, {"a": 1}, None, 2.5, True]
-    write_rows(inp, [{"id": i, "generation": "g", "v": v} for i, v in enumerate(values)])
-    run(inp, out, batch=1, commit_seconds=0)  # one part per row: every type in its own part
-    from asap_fast.pipeline.records import read_rows
-    assert [r.record["v"] for r in read_rows(out)] == values
-    assert pq.read_table(out).column("v").to_pylist()[:2] == ['"s"', "[1, 2]"]
+def test_a_slow_stage_commits_each_finished_row_within_one_batch(tmp_path):
+    """A stage that yields rows as they finish (every per-row stage and method does) has each one
+    written, counted and committed at once, however large the batch: Ctrl-C keeps the work done."""
+    src = write_rows(tmp_path / "in.jsonl", 12)
+    out = tmp_path / "out.jsonl"
+    progress_file = out.with_name(out.name + ".progress.json")
+    seen_committed = []
+
+    def slow(records):
+        for record in records:
+            seen_committed.append(json.loads(progress_file.read_text())["rows"])
+            yield {**record, "done": True}
+
+    run_corpus(src, out, stage="t", process=slow, options=RunOptions(batch=64, commit_seconds=0, quiet=True))
+    assert seen_committed == list(range(12))  # row k starts once rows 0..k-1 are durable
 
 
-def test_ratio_error_prints_the_value_as_given(capsys):
-    with pytest.raises(SystemExit):
-        cli(["fine", "a.jsonl", "b.jsonl", "--ratio", "1.0000001"])
-    assert "got 1.0000001" in capsys.readouterr().err
+def test_per_row_stages_yield_their_rows():
+    import inspect
+
+    from asap_fast.methods.llmlingua2 import LLMLingua2Stage
+    from asap_fast.methods.selective_context import SelectiveContextStage
+    from asap_fast.methods.spirit import SpiritStage
+    from asap_fast.methods.tokenskip import TokenSkipStage
+    from asap_fast.stage2.fine import FineStage
+
+    for stage in (FineStage, SpiritStage, SelectiveContextStage, LLMLingua2Stage, TokenSkipStage):
+        assert inspect.isgenerator(stage.process(object.__new__(stage), [])), stage.__name__
 
 
-def test_dev_null_out_is_a_clear_error(tmp_path, capsys):
-    inp = tmp_path / "in.jsonl"
-    write_rows(inp, [{"id": 1, "generation": "g"}])
-    assert cli(["split", str(inp), "/dev/null", "--quiet"]) == 2
-    err = capsys.readouterr().err
-    assert "/dev/null" in err and "is not a" in err and "File exists" not in err
+@pytest.mark.parametrize("suffix", [".jsonl"])
+def test_resume_refuses_an_input_edited_before_the_resume_point(tmp_path, suffix):
+    """Size, mtime and the first and last MiB are the same (rsync -t, touch -r), a row in the middle
+    is not: the resume re-hashes the prefix it skips and refuses to go on."""
+    from asap_fast.pipeline.engine import Interrupted
+    from asap_fast.pipeline.records import InputChanged
 
+    rows = [{"id": f"r{i}", "generation": "x" * 50_000 + str(i % 10)} for i in range(120)]  # ~6 MB
 
-@pytest.mark.slow
-def test_a_finished_fine_run_returns_without_loading_a_model(tmp_path, monkeypatch, capsys):
-    from asap_fast.stage2.fine import ScorerSpec
+    def write(rows):
+        data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        src.write_bytes(gzip.compress(data, mtime=0) if suffix.endswith(".gz") else data)
 
-    out = tmp_path / "f.jsonl"
-    assert cli(["fine", EXAMPLES, str(out), "--quiet", "--device", "cpu"]) == 0
-    before = out.read_bytes()
+    src, out = tmp_path / f"in{suffix}", tmp_path / "out.jsonl"
+    write(rows)
+    calls = 0
 
-    def no_load(*a, **k):
-        raise AssertionError("a finished run loaded the model")
+    def stop_after_a_while(records):
+        nonlocal calls
+        for record in records:
+            calls += 1
+            if calls > 60:
+                raise KeyboardInterrupt
+            yield record
 
-    monkeypatch.setattr(ScorerSpec, "load", no_load)
-    assert cli(["fine", EXAMPLES, str(out), "--device", "cpu"]) == 0
-    rows = sum(1 for line in open(EXAMPLES, encoding="utf-8") if line.strip())
-    assert f"already complete: {rows} rows" in capsys.readouterr().err
-    assert out.read_bytes() == before
-    # another option is still a mismatch, not "complete"
-    assert cli(["fine", EXAMPLES, str(out), "--device", "cpu", "--budget", "7", "--quiet"]) == 2
+    with pytest.raises(Interrupted):
+        run_corpus(src, out, stage="t", process=stop_after_a_while, options=RunOptions(batch=8, commit_seconds=0, quiet=True))
+    stat = src.stat()
+    edited = [dict(r) for r in rows]
+    edited[30]["generation"] = edited[30]["generation"][:-1] + str((30 + 1) % 10)  # same length
+    write(edited)
+    if not suffix.endswith(".gz"):
+        assert src.stat().st_size == stat.st_size
+    os.utime(src, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    with pytest.raises(InputChanged, match="has changed since OUT was begun"):
+        run_corpus(src, out, stage="t", process=_identity, options=RunOptions(quiet=True))
+    # the original input resumes and ends as one uninterrupted run would
+    write(rows)
+    os.utime(src, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    run_corpus(src, out, stage="t", process=_identity, options=RunOptions(quiet=True))
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [r["id"] for r in rows]

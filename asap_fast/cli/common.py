@@ -137,3 +137,9 @@ def print_summary(summary, quiet: bool) -> None:
     if not quiet:
         for line in summary.lines():
             print(line, file=sys.stderr)
+
+
+def report_complete(stage: str, output, rows: int) -> None:
+    """What a re-run of a finished run says instead of loading a model or starting a backend."""
+    print(f"asap {stage}: {output} is already complete: {rows} rows (nothing to do; --overwrite starts afresh)",
+          file=sys.stderr)

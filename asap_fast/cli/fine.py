@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 
 from asap_fast.cli.common import (
     add_io,
@@ -12,6 +11,7 @@ from asap_fast.cli.common import (
     add_stage2_options,
     print_summary,
     prune_config,
+    report_complete,
     run_options,
     scorer_spec,
     subparser,
@@ -62,10 +62,9 @@ def run(args) -> int:
     rows, meta = shard_plan(args.input, args.shard)
     manifest = {"scorer": spec.manifest(), "prune": config.manifest()}
     done = check_resumable(args.input, args.output, stage="fine", manifest_options=manifest, shard=args.shard,
-                    overwrite=args.overwrite)  # before the model loads
-    if done is not None:  # a finished run with the same manifest: no model needs to load
-        if not args.quiet:
-            print(f"asap fine: already complete: {done} rows ({args.output})", file=sys.stderr)
+                           overwrite=args.overwrite)  # before the model loads
+    if done is not None:
+        report_complete("fine", args.output, done)
         return 0
     make = functools.partial(make_fine_stage, spec, config, args.quiet)
     batch = args.batch

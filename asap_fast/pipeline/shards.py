@@ -24,8 +24,8 @@ import os
 import shutil
 from pathlib import Path
 
+from asap_fast.pipeline.claim import claim_output, release, same_file
 from asap_fast.pipeline.manifest import first_difference, read_manifest
-from asap_fast.pipeline.lock import RunLock
 from asap_fast.pipeline.records import (
     count_rows,
     format_of,
@@ -108,20 +108,19 @@ def merge_shards(output: str | os.PathLike, shards: list[str | os.PathLike], *, 
     Returns {"shards", "rows", "rejects"}. The output format may differ from the shards'."""
     out = Path(output)
     shard_paths = [Path(s) for s in shards]
-    # each shard OUT (and OUT) is locked while merged, so no run can write a shard being read
-    locks = [RunLock(p) for p in [*shard_paths, out]]
     try:
-        for lock in locks:
-            lock.acquire(what="asap merge")
-        return _merge_locked(out, shard_paths, overwrite)
+        for path in [*shard_paths, out]:  # a shard still being written is refused, naming its run
+            if path.exists() or path is out:
+                claim_output(path)
+        return _merge_claimed(out, shard_paths, overwrite)
     finally:
-        for lock in locks:
-            lock.release()
+        for path in shard_paths + [out]:
+            release(path)
 
 
-def _merge_locked(out: Path, shard_paths: list[Path], overwrite: bool) -> dict:
+def _merge_claimed(out: Path, shard_paths: list[Path], overwrite: bool) -> dict:
     progresses = check_shards(shard_paths)
-    if any(out.resolve() == s.resolve() for s in shard_paths):
+    if any(same_file(out, s) or same_file(rejects_path(out), rejects_path(s)) for s in shard_paths):
         raise ValueError("OUT must not be one of the shard outputs")
     out_rejects = rejects_path(out)
     if not overwrite and (out.exists() or out_rejects.exists()):
