@@ -12,6 +12,10 @@ import textwrap
 import pytest
 
 from asap_fast.cli import main as cli
+
+# Second, independent probes of what tests/test_run_integrity.py covers: the slow tier keeps the
+# default run within its time.
+pytestmark = pytest.mark.slow
 from asap_fast.pipeline.engine import RunOptions, run_corpus
 from asap_fast.pipeline.records import rejects_path
 from asap_fast.pipeline.claim import OutputBusy, claim_output

@@ -360,6 +360,16 @@ def run_files(output: str | os.PathLike) -> list[Path]:
             sidecar(out, "parts")]
 
 
+def refuse_foreign_side_files(output: str | os.PathLike) -> None:
+    """For a fresh OUT (no progress file): rejects or parts already there are somebody else's
+    (another OUT's, the user's) and would be overwritten. (A manifest is rewritten: it holds no rows.)"""
+    out = Path(output)
+    for path in (rejects_path(out), sidecar(out, "parts")):
+        if path.exists() and not (path.is_file() and path.stat().st_size == 0):
+            raise ValueError(f"{path} exists but was not written by a run of {out}; "
+                             f"remove it, choose another OUT or pass --overwrite")
+
+
 def claim_run(input: str | os.PathLike, output: str | os.PathLike) -> None:
     """Refuse an OUT that is the input (or a side file that is), then take OUT's lock for this
     process; both before anything is written, removed or loaded."""
@@ -408,12 +418,7 @@ class CorpusWriter:
             except OSError as e:
                 raise OutputError(self.out_path, e) from None
         elif not self.progress_path.exists():
-            # A fresh OUT: rejects or parts already there are somebody else's (another OUT's, the
-            # user's) and would be overwritten. (A manifest left alone is rewritten: it holds no rows.)
-            for path in (self.rejects_path, sidecar(self.out_path, "parts")):
-                if path.exists() and not (path.is_file() and path.stat().st_size == 0):
-                    raise ValueError(f"{path} exists but was not written by a run of {self.out_path}; "
-                                     f"remove it, choose another OUT or pass --overwrite")
+            refuse_foreign_side_files(self.out_path)
 
         self.rows, out_state, rejects_bytes = 0, 0, 0
         # (bytes, BLAKE2b) of the input up to the last committed row: a resume re-hashes that prefix
@@ -589,7 +594,10 @@ def check_resumable(input, output, *, stage: str, manifest_options: dict, shard=
     (nothing is left to do, so no model needs to load), else None."""
     claim_run(input, output)
     progress_file = sidecar(output, "progress.json")
-    if overwrite or not progress_file.exists():
+    if overwrite:
+        return None
+    if not progress_file.exists():
+        refuse_foreign_side_files(output)  # now, not after a model has loaded
         return None
     recorded = read_manifest(sidecar(output, "manifest.json"))
     if recorded is None:
