@@ -134,7 +134,7 @@ def test_stage_output(classifiers, traces, counter):
     stage = LLMLingua2Stage(classifiers["xlm-roberta-large"], counter, LLMLingua2Config(
         model=classifiers["xlm-roberta-large"].model, target=Target(ratio=0.5)))
     for steps in cases(traces, 4000):
-        out = stage.process([row(steps, id="a")])[0]
+        out = list(stage.process([row(steps, id="a")]))[0]
         assert not isinstance(out, Exception), out
         direct = classifiers["xlm-roberta-large"].compress_steps(steps, 0.5)
         assert out["pruned_think"] == "\n\n".join(s for s in direct.steps if s)
@@ -146,7 +146,7 @@ def test_stage_output(classifiers, traces, counter):
     whole = LLMLingua2Stage(classifiers["xlm-roberta-large"], counter, LLMLingua2Config(
         model=classifiers["xlm-roberta-large"].model, target=Target(budget=10**6)))
     steps = cases(traces, 2000)[0]
-    out = whole.process([row(steps)])[0]
+    out = list(whole.process([row(steps)]))[0]
     assert out["pruned_think"] == "\n\n".join(steps) and out["kept_words"] is None
 
 
@@ -198,7 +198,7 @@ def test_tokenskip_stage_compresses_at_the_drawn_ratio(classifiers, traces, coun
     config = TokenSkipConfig(llmlingua=LLMLingua2Config(model=compressor.model), ratios=(0.5, 0.8, 1.0), seed=3)
     stage = TokenSkipStage(compressor, counter, config)
     rows = [row(steps, id=f"t{i}") for i, steps in enumerate(cases(traces, 3000))]
-    outs = stage.process(rows)
+    outs = list(stage.process(rows))
     for r, out in zip(rows, outs):
         assert not isinstance(out, Exception), out
         ratio = draw_ratio(r, config.ratios, 3)
@@ -220,7 +220,7 @@ def test_tokenskip_rows_train_with_the_ratio_in_the_prompt(classifiers, traces, 
     compressor = classifiers["xlm-roberta-large"]
     stage = TokenSkipStage(compressor, counter, TokenSkipConfig(llmlingua=LLMLingua2Config(model=compressor.model),
                                                                 ratios=(0.6,)))
-    out = stage.process([row(cases(traces, 2000)[0], id="s")])[0]
+    out = list(stage.process([row(cases(traces, 2000)[0], id="s")]))[0]
     tokenizer = tiny_tokenizer(vocab_size=800)
     ensure_chat_template(tokenizer, "r1")
     prompt, completion = split_prompt_completion(out["messages"], tokenizer)

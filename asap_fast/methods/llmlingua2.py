@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,8 +229,10 @@ class LLMLingua2Stage:
     def __init__(self, compressor: LLMLingua2Compressor, tokenizer, config: LLMLingua2Config = LLMLingua2Config()):
         self.compressor, self.tokenizer, self.config = compressor, tokenizer, config
 
-    def process(self, records: list[dict]) -> list:
-        return [self._one(record) for record in records]
+    def process(self, records: list[dict]) -> Iterator:
+        """Each row's output or RowError, in order, yielded as it finishes (the run engine writes
+        and commits it then)."""
+        return (self._one(record) for record in records)
 
     def _one(self, record: dict):
         config = self.config

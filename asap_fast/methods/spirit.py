@@ -31,7 +31,7 @@ the definition written plainly with full fp64 log-softmax logits.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -212,8 +212,10 @@ class SpiritStage:
     def __init__(self, scorer, config: SpiritConfig = SpiritConfig(), *, reuse_cache: bool = True):
         self.scorer, self.config, self.reuse_cache = scorer, config, reuse_cache
 
-    def process(self, records: list[dict]) -> list:
-        return [self._one(record) for record in records]
+    def process(self, records: list[dict]) -> Iterator:
+        """Each row's output or RowError, in order, yielded as it finishes (the run engine writes
+        and commits it then)."""
+        return (self._one(record) for record in records)
 
     def _one(self, record: dict):
         from asap_fast.stage2.pruning import prune_steps_result

@@ -20,12 +20,13 @@ import hashlib
 import json
 import numbers
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from asap_fast.core.errors import RowError
 from asap_fast.methods.common import count_tokens, method_output, thinking_tokens, prepare_row, row_error
 from asap_fast.methods.llmlingua2 import LLMLingua2Config, compress_row
-from asap_fast.stage2.fine import prompt_text
+from asap_fast.stage2.fine import prompt_messages, prompt_text
 
 __all__ = ["RATIOS", "SEPARATOR", "TokenSkipConfig", "TokenSkipStage", "draw_ratio", "tokenskip_messages",
            "tokenskip_prompt"]
@@ -54,12 +55,9 @@ def tokenskip_prompt(question: str, ratio: float, separator: str = SEPARATOR) ->
 def tokenskip_messages(prompt, ratio: float, pruned_think: str, answer: str, separator: str = SEPARATOR) -> list[dict]:
     """The SFT conversation: the ratio written after the question (after the last user message's
     content when the prompt is chat messages), then the compressed thinking and the answer."""
-    if isinstance(prompt, str):
-        question = [{"role": "user", "content": tokenskip_prompt(prompt, ratio, separator)}]
-    else:
-        question = [dict(m) for m in prompt]
-        last = max((i for i, m in enumerate(question) if m.get("role") == "user"), default=len(question) - 1)
-        question[last]["content"] = tokenskip_prompt(question[last]["content"], ratio, separator)
+    question = [dict(m) for m in prompt_messages(prompt)]
+    last = max((i for i, m in enumerate(question) if m.get("role") == "user"), default=len(question) - 1)
+    question[last]["content"] = tokenskip_prompt(question[last]["content"], ratio, separator)
     return question + [{"role": "assistant", "content": "<think>\n" + pruned_think + "\n</think>\n" + answer}]
 
 
@@ -107,8 +105,10 @@ class TokenSkipStage:
     def __init__(self, compressor, tokenizer, config: TokenSkipConfig = TokenSkipConfig()):
         self.compressor, self.tokenizer, self.config = compressor, tokenizer, config
 
-    def process(self, records: list[dict]) -> list:
-        return [self._one(record) for record in records]
+    def process(self, records: list[dict]) -> Iterator:
+        """Each row's output or RowError, in order, yielded as it finishes (the run engine writes
+        and commits it then)."""
+        return (self._one(record) for record in records)
 
     def _one(self, record: dict):
         config, lingua = self.config, self.config.llmlingua
