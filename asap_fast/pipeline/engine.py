@@ -670,7 +670,8 @@ def _run_claimed(input: Path, output, *, stage, process, options, manifest_optio
     try:
         with _Sigterm():
             batch: list[Row] = []  # every row in input order; unreadable ones carry their error
-            rows_read = read_rows(input, start_row + writer.rows, stop_row, expect_prefix=writer.input_prefix)
+            rows_read = read_rows(input, start_row + writer.rows, stop_row,
+                                  expect_prefix=writer.input_prefix if writer.rows else None)
             while True:
                 try:
                     row = next(rows_read)

@@ -176,10 +176,6 @@ def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not a JSON number (strict JSON has no NaN or Infinity)")
-
-
 def parse_line(number: int, line: bytes) -> Row:
     """One JSON Lines line as a Row: the record, or the one-line reason it cannot be one. Whatever
     the line holds (deep nesting, a 5,000-digit integer, NaN), the answer is a Row, never an error."""
@@ -190,12 +186,14 @@ def parse_line(number: int, line: bytes) -> Row:
     except UnicodeDecodeError as e:
         return Row(number, None, f"invalid UTF-8 at byte {e.start} of the line")
     try:
-        record = json.loads(text, parse_constant=_refuse_constant)
+        # NaN and Infinity are read (files written by Python's json hold them); a row that still
+        # holds one when it is written is a reject, so OUT is strict JSON
+        record = json.loads(text)
     except json.JSONDecodeError as e:
         return Row(number, None, f"malformed JSON: {e.msg} at column {e.colno}")
     except RecursionError:
         return Row(number, None, "unreadable JSON: nested too deeply")
-    except Exception as e:  # noqa: BLE001 - e.g. an integer past Python's digit limit, NaN
+    except Exception as e:  # noqa: BLE001 - e.g. an integer past Python's digit limit
         return Row(number, None, f"unreadable JSON: {' '.join(str(e).split())[:200]}")
     if not isinstance(record, dict):
         return Row(number, None, f"a row must be a JSON object, got {type(record).__name__}")
