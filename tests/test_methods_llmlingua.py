@@ -209,7 +209,9 @@ def test_tokenskip_stage_compresses_at_the_drawn_ratio(classifiers, traces, coun
         else:
             direct = compressor.compress_steps(steps, ratio)
             assert out["pruned_think"] == "\n\n".join(s for s in direct.steps if s)
-        assert out["messages"][0] == {"role": "user", "content": f"Solve it.<|eot_id|>{ratio!r}<|eot_id|>"}
+        # TokenSkip's own format: the ratio after the question only below 1.0
+        expected = "Solve it." if ratio >= 1.0 else f"Solve it.<|eot_id|>{ratio!r}<|eot_id|>"
+        assert out["messages"][0] == {"role": "user", "content": expected}
     assert len({o["tokenskip_ratio"] for o in outs}) > 1
 
 
