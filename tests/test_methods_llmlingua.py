@@ -182,7 +182,8 @@ def test_ratio_draw_is_per_row_deterministic_and_uniform():
 
 def test_training_format():
     assert tokenskip_prompt("What is 2+2?", 0.5) == "What is 2+2?<|eot_id|>0.5<|eot_id|>"
-    assert tokenskip_prompt("Q", 1, "|") == "Q|1.0|"
+    assert tokenskip_prompt("Q", 1, "|") == "Q"  # the authors write no ratio at 1.0
+    assert tokenskip_prompt("Q", 0.9, "|") == "Q|0.9|"
     messages = tokenskip_messages("Q", 0.7, "a\n\nb", "Answer.")
     assert messages == [{"role": "user", "content": "Q<|eot_id|>0.7<|eot_id|>"},
                         {"role": "assistant", "content": "<think>\na\n\nb\n</think>\nAnswer."}]
@@ -208,7 +209,9 @@ def test_tokenskip_stage_compresses_at_the_drawn_ratio(classifiers, traces, coun
         else:
             direct = compressor.compress_steps(steps, ratio)
             assert out["pruned_think"] == "\n\n".join(s for s in direct.steps if s)
-        assert out["messages"][0] == {"role": "user", "content": f"Solve it.<|eot_id|>{ratio!r}<|eot_id|>"}
+        # TokenSkip's own format: the ratio after the question only below 1.0
+        expected = "Solve it." if ratio >= 1.0 else f"Solve it.<|eot_id|>{ratio!r}<|eot_id|>"
+        assert out["messages"][0] == {"role": "user", "content": expected}
     assert len({o["tokenskip_ratio"] for o in outs}) > 1
 
 
