@@ -61,6 +61,7 @@ def test_eval_mini_generations_score_their_known_pass_at_1(tmp_path):
     assert results["avg_tokens"] == pytest.approx((120 + 95 + 210 + 80 + 150 + 61) / 6)
 
 
+@pytest.mark.slow  # a model generates / trains: the slow tier
 def test_eval_mini_generates_with_the_demo_scorer_on_transformers(tmp_path):
     out = tmp_path / "gen.json"
     asap("eval", "--benchmark", "humaneval", "--data", EVAL_MINI, "--model", asap_fast.DEFAULT_SCORER,
@@ -73,6 +74,7 @@ def test_eval_mini_generates_with_the_demo_scorer_on_transformers(tmp_path):
     assert sorted(g["task_id"] for g in generations) == [f"AsapMini/{i}" for i in range(6)]
 
 
+@pytest.mark.slow  # a model generates / trains: the slow tier
 def test_sft_cpu_smoke_config_trains_the_demo_scorer(tmp_path):
     # the recipe as the README runs it, on the short half of the sample traces (to keep the test short)
     rows = [r for r in read_jsonl(SAMPLE_TRACES) if len(r["generation"]) < 4000][:6]
