@@ -44,7 +44,7 @@ def test_a_second_run_on_a_locked_out_stops_at_once_naming_the_pid(tmp_path, cap
         claim_output({str(out)!r})
         print("locked", flush=True)
         time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True)
+    """)], stdout=subprocess.PIPE, text=True, cwd=tmp_path)  # outside the checkout: the installed package
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(OutputBusy, match=f"pid {holder.pid}"):
@@ -72,7 +72,7 @@ def test_merge_holds_the_shard_locks(tmp_path):
                meta=meta)
     holder = subprocess.Popen([sys.executable, "-c", "import time; from asap_fast.pipeline.claim import claim_output; "
                                f"claim_output({str(shard)!r}); print('locked', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ValueError, match=f"pid {holder.pid}"):
@@ -88,7 +88,7 @@ def test_two_concurrent_cli_runs_never_mix_rows(tmp_path):
     write_rows(inp, [{"id": i, "prompt": "p", "kind": "math", "generation": f"<think>a.\n\nb {i}.</think> ok"} for i in range(3000)])
     cmd = [sys.executable, "-m", "asap_fast.cli", "split", str(inp), str(out), "--quiet", "--batch", "16",
            "--commit-seconds", "0"]
-    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, cwd=tmp_path) for _ in range(2)]
     results = [(p.wait(), p.stderr.read()) for p in procs]
     assert sorted(rc for rc, _ in results) == [0, 2], results
     assert "pid" in [err for rc, err in results if rc == 2][0]
