@@ -100,6 +100,10 @@ def add_stage2_options(p: argparse.ArgumentParser) -> None:
                         help="token budget of the pruned thinking, >= 1 (default: 4096, the paper's)")
     budget.add_argument("--ratio", type=ratio, metavar="R",
                         help="budget as a fraction in (0, 1] of each thinking's own tokens, int(R * tokens)")
+    budget.add_argument("--match-ratio", type=ratio, metavar="R",
+                        help="equal-budget comparison: per row, search the method's knob (budget, percentile, "
+                             "rate) so that the written thinking keeps the fraction R of its tokens, nearest "
+                             "reachable; the knob is written as 'match_knob' (docs/methods.md)")
     g.add_argument("--mode", choices=MODES, default="global",
                    help="global: score once and drop the least surprising steps (the reference); "
                         "iterative: re-score the steps after each removal (default: global)")
@@ -122,9 +126,11 @@ def add_stage2_options(p: argparse.ArgumentParser) -> None:
 def prune_config(args, *, think_field: str | None = None):
     from asap_fast.stage2.fine import PruneConfig
 
-    return PruneConfig(budget=None if args.ratio is not None else args.budget, ratio=args.ratio, mode=args.mode,
+    match_ratio = getattr(args, "match_ratio", None)
+    ratio = match_ratio if match_ratio is not None else args.ratio
+    return PruneConfig(budget=None if ratio is not None else args.budget, ratio=ratio, mode=args.mode,
                        steps_per_round=args.steps_per_round, think_field=think_field or args.think_field,
-                       task=args.task)
+                       task=args.task, match=match_ratio is not None)
 
 
 def scorer_spec(args):

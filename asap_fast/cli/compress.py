@@ -158,7 +158,12 @@ def method_config(args):
         raise ValueError(f"--llm runs stage 1, which only --method asap has; --method {args.method} needs no LLM")
     if args.mode != "global" or args.steps_per_round != 1:
         raise ValueError("--mode and --steps-per-round are options of --method asap")
-    target = Target(budget=args.budget, ratio=None) if args.budget is not None else Target(ratio=args.ratio or 0.5)
+    if args.match_ratio is not None:
+        target = Target(ratio=args.match_ratio, match=True)
+    elif args.budget is not None:
+        target = Target(budget=args.budget, ratio=None)
+    else:
+        target = Target(ratio=args.ratio or 0.5)
     common = {"think_field": args.think_field, "task": args.task}
     if args.method == "spirit":
         from asap_fast.methods.spirit import SpiritConfig
@@ -182,7 +187,10 @@ def method_config(args):
 
     if args.budget is not None or args.ratio is not None:
         raise ValueError("tokenskip draws its ratio per row from --tokenskip-ratios; --budget and --ratio do not apply")
-    return TokenSkipConfig(llmlingua=lingua, ratios=args.tokenskip_ratios or RATIOS,
+    if args.match_ratio is not None and args.tokenskip_ratios is not None:
+        raise ValueError("tokenskip --match-ratio R trains every row at R; give it or --tokenskip-ratios, not both")
+    ratios = (args.match_ratio,) if args.match_ratio is not None else args.tokenskip_ratios or RATIOS
+    return TokenSkipConfig(llmlingua=lingua, ratios=ratios, match=args.match_ratio is not None,
                            seed=42 if args.tokenskip_seed is None else args.tokenskip_seed,
                            separator=args.tokenskip_separator if args.tokenskip_separator is not None else SEPARATOR)
 
@@ -233,7 +241,7 @@ def run(args) -> int:
         if args.skip_coarse:
             raise ValueError("--skip-coarse is an option of --method asap (the baselines never run stage 1)")
         return run_method(args, config)
-    if args.budget is None and args.ratio is None:
+    if args.budget is None and args.ratio is None and args.match_ratio is None:
         args.budget = 4096
     if not args.skip_coarse and not args.llm:
         raise ValueError("--llm is required (or --skip-coarse to run stage 2 alone)")

@@ -75,10 +75,13 @@ def prepare_row(record: dict, *, think_field: str = "auto", task: str = "auto") 
 @dataclass(frozen=True)
 class Target:
     """How much of each thinking a method keeps: a token ``budget`` (a thinking that already fits
-    is left whole) or a kept fraction ``ratio`` in (0, 1]; exactly one."""
+    is left whole) or a kept fraction ``ratio`` in (0, 1]; exactly one. ``match`` (with a ratio:
+    ``--match-ratio``): the method's knob is searched per row so that tokens_after / tokens_before
+    is nearest ``ratio`` (asap_fast.stage2.matching); the row records the knob as ``match_knob``."""
 
     budget: int | None = None
     ratio: float | None = None
+    match: bool = False
 
     def __post_init__(self):
         if (self.budget is None) == (self.ratio is None):
@@ -89,6 +92,13 @@ class Target:
         if self.ratio is not None and (isinstance(self.ratio, bool) or not isinstance(self.ratio, numbers.Real)
                                        or not 0 < self.ratio <= 1):
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio!r}")
+        if self.match and self.ratio is None:
+            raise ValueError("matching needs a ratio (--match-ratio R), not a budget")
+
+    @property
+    def matched_ratio(self) -> float | None:
+        """The ratio to match per row, or None when the method's knob is used as given."""
+        return float(self.ratio) if self.match else None
 
     def keep_fraction(self, tokens_before: int) -> float | None:
         """The fraction to keep for a thinking of ``tokens_before`` tokens; None: keep it whole.
@@ -101,7 +111,10 @@ class Target:
         return self.budget / tokens_before
 
     def manifest(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if not self.match:  # manifests of runs before matching existed stay valid for resume
+            del out["match"]
+        return out
 
 
 def count_tokens(tokenizer, text: str) -> int:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from contextlib import contextmanager
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,30 @@ def seed_tiktoken_cache() -> None:
             return
 
 
+class _MemoizedForward:
+    """A model whose calls with inputs seen before return the earlier output (see
+    LLMLingua2Compressor.memoized_classifier); every other attribute is the model's."""
+
+    def __init__(self, model):
+        self._model, self._outputs = model, {}
+
+    def __call__(self, *args, **kwargs):
+        import torch
+
+        def key_of(value):
+            if isinstance(value, torch.Tensor):
+                return (str(value.dtype), tuple(value.shape), value.detach().cpu().numpy().tobytes())
+            return repr(value)
+
+        key = (tuple(key_of(a) for a in args), tuple(sorted((k, key_of(v)) for k, v in kwargs.items())))
+        if key not in self._outputs:
+            self._outputs[key] = self._model(*args, **kwargs)
+        return self._outputs[key]
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
 @dataclass(frozen=True)
 class StepCompression:
     """LLMLingua-2's output for one thinking: ``steps`` the compressed text of each step ("" when
@@ -142,6 +167,18 @@ class LLMLingua2Compressor:
         self.markers = [m for m in STEP_MARKERS if len(tokenizer.tokenize(m)) != 1]
         if not self.markers:
             raise ValueError(f"no step marker of {STEP_MARKERS} is split by the classifier's tokenizer")
+
+    @contextmanager
+    def memoized_classifier(self):
+        """Within the block, the classifier's forward of an input already seen returns the output it
+        gave then: llmlingua's chunks and their classifier inputs do not depend on the rate, so a
+        rate search (``--match-ratio``) runs the classifier once per chunk. Outputs are exact."""
+        model = self.compressor.model
+        self.compressor.model = _MemoizedForward(model)
+        try:
+            yield
+        finally:
+            self.compressor.model = model
 
     def compress_steps(self, steps: list[str], rate: float, *, force_tokens=(), force_reserve_digit: bool = False,
                        drop_consecutive: bool = False, token_to_word: str = "mean") -> StepCompression:
@@ -219,6 +256,38 @@ def compress_row(compressor: LLMLingua2Compressor, tokenizer, steps: list[str], 
     return pruned, out.words
 
 
+# the lowest rate the search tries (llmlingua needs a rate above 0)
+MIN_MATCH_RATE = 0.01
+
+
+def matched_compress_row(compressor: LLMLingua2Compressor, tokenizer, steps: list[str], ratio: float,
+                         options: dict, whole: str, tokens_before: int) -> tuple[str, list | None, float]:
+    """(pruned thinking, kept_words, rate): llmlingua's rate searched (asap_fast.stage2.matching)
+    so that the pruned thinking keeps the ``ratio`` of ``tokens_before`` nearest; the classifier
+    runs once per chunk (memoized_classifier), each probe reruns llmlingua's selection."""
+    from asap_fast.stage2.matching import match_real_knob
+
+    if ratio >= 1:
+        return whole, None, 1.0
+    outcomes: dict[float, tuple[str, list | None] | None] = {}
+
+    def tokens_at(rate: float) -> int:
+        try:
+            outcomes[rate] = compress_row(compressor, tokenizer, steps, rate, options, whole)
+        except RowError:  # nothing kept at this rate
+            outcomes[rate] = None
+            return 0
+        pruned, words = outcomes[rate]
+        return tokens_before if words is None else count_tokens(tokenizer, pruned)
+
+    with compressor.memoized_classifier():
+        rate = match_real_knob(MIN_MATCH_RATE, 1.0, tokens_at, ratio * tokens_before, iterations=10).knob
+    if outcomes[rate] is None:
+        raise RowError("llmlingua kept no word of the thinking")
+    pruned, words = outcomes[rate]
+    return pruned, words, float(rate)
+
+
 class LLMLingua2Stage:
     """LLMLingua-2 over corpus rows. ``tokenizer`` counts tokens (the scorer's, so methods compare).
     Rows gain ``method``, ``pruned_think``, ``kept_words`` (null when the thinking was left whole),
@@ -240,10 +309,16 @@ class LLMLingua2Stage:
             row = prepare_row(record, think_field=config.think_field, task=config.task)
             tokens_before = thinking_tokens(self.tokenizer, row)
             keep = config.target.keep_fraction(tokens_before)
-            pruned, words = compress_row(self.compressor, self.tokenizer, row.steps, keep, config.compress_options(),
-                                         row.whole)
+            extra = {}
+            if config.target.match:
+                pruned, words, extra["match_knob"] = matched_compress_row(
+                    self.compressor, self.tokenizer, row.steps, keep, config.compress_options(), row.whole,
+                    tokens_before)
+            else:
+                pruned, words = compress_row(self.compressor, self.tokenizer, row.steps, keep,
+                                             config.compress_options(), row.whole)
         except (RowError, ValueError) as e:
             return row_error(e, METHOD)
         tokens_after = tokens_before if words is None else count_tokens(self.tokenizer, pruned)
         return method_output(record, record["prompt"], METHOD, pruned, row.answer, tokens_before,
-                             tokens_after, kept_words=words)
+                             tokens_after, kept_words=words, **extra)

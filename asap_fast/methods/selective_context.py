@@ -271,23 +271,46 @@ class SelectiveContextStage:
             text = row.thinking
             tokens_before = thinking_tokens(self.scorer.tokenizer, row)
             keep = config.target.keep_fraction(tokens_before)
+            extra = {}
             if keep is None:
                 unit_ends = np.asarray([len(text)], dtype=np.int64)
                 kept = np.ones(1, dtype=bool)
             else:
                 info = self_information(self.scorer, row.prefix, text)
                 unit_ends = self.units(info, text)
-                kept = select_units(unit_information(info, unit_ends), keep)
+                values = unit_information(info, unit_ends)
+                if config.target.match:
+                    # the scores do not depend on the percentile: one scoring pass, then the
+                    # percentile searched by counting the kept text's tokens
+                    keep = self._matched_keep(values, unit_ends, text, row, tokens_before)
+                    extra["match_knob"] = keep
+                kept = select_units(values, keep)
             spans = kept_spans(unit_ends, kept)
             pruned = "".join(text[a:b] for a, b in spans).strip()
             if not pruned:
                 raise RowError(f"the target removes every unit: {tokens_before} tokens")
         except (RowError, ValueError) as e:
             return row_error(e, METHOD)
-        if bool(kept.all()):  # kept whole: the thinking as written, as stage 2 writes it
-            pruned, tokens_after = row.whole, tokens_before
-        else:
-            tokens_after = count_tokens(self.scorer.tokenizer, pruned)
+        pruned, tokens_after = self._written(kept, pruned, row, tokens_before)
         return method_output(record, record["prompt"], METHOD, pruned, row.answer, tokens_before,
                              tokens_after, kept_spans=spans,
-                             units_kept=int(kept.sum()), units_total=len(unit_ends))
+                             units_kept=int(kept.sum()), units_total=len(unit_ends), **extra)
+
+    def _written(self, kept: np.ndarray, pruned: str, row, tokens_before: int) -> tuple[str, int]:
+        """(text written, its tokens): a thinking kept whole is written as it is, as stage 2 does."""
+        if bool(kept.all()):
+            return row.whole, tokens_before
+        return pruned, count_tokens(self.scorer.tokenizer, pruned) if pruned else 0
+
+    def _matched_keep(self, values: np.ndarray, unit_ends: np.ndarray, text: str, row, tokens_before: int) -> float:
+        """The percentile knob (kept fraction of units, in [0, 1]) whose kept text is nearest
+        ``ratio * tokens_before`` tokens (asap_fast.stage2.matching)."""
+        from asap_fast.stage2.matching import match_real_knob
+
+        def tokens_at(keep: float) -> int:
+            kept = select_units(values, keep)
+            pruned = "".join(text[a:b] for a, b in kept_spans(unit_ends, kept)).strip()
+            return self._written(kept, pruned, row, tokens_before)[1]
+
+        target = self.config.target.matched_ratio * tokens_before
+        return float(match_real_knob(0.0, 1.0, tokens_at, target).knob)

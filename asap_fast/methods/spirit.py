@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from asap_fast.core.errors import RowError
+from asap_fast.stage2.matching import match_step_budget
 from asap_fast.methods.common import (
     SEPARATOR,
     Target,
@@ -221,6 +222,7 @@ class SpiritStage:
         from asap_fast.stage2.pruning import prune_steps_result
 
         config = self.config
+        extra = {}
         try:
             row = prepare_row(record, think_field=config.think_field, task=config.task)
             tokenizer = self.scorer.tokenizer
@@ -233,6 +235,10 @@ class SpiritStage:
                 importance = scores.importance
                 # the budget from the one count of the thinking (as stage 2: int(ratio * tokens_before))
                 budget = target.budget if target.ratio is None else int(target.ratio * tokens_before)
+                if target.match:  # the budget whose kept tokens are nearest ratio * tokens_before
+                    budget = match_step_budget(row.steps, importance, tokenizer, tokens_before,
+                                               target.matched_ratio)
+                    extra["match_knob"] = budget
                 result = prune_steps_result(row.steps, importance, tokenizer, max_tokens=budget)
                 kept, tokens_after = result.kept, result.tokens_after
                 if not kept:
@@ -246,5 +252,5 @@ class SpiritStage:
         return method_output(
             record, record["prompt"], METHOD, pruned, row.answer, tokens_before, tokens_after,
             step_importance=None if importance is None else [v if math.isfinite(v) else None for v in importance],
-            kept_steps=list(kept),
+            kept_steps=list(kept), **extra,
         )

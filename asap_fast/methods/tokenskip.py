@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from asap_fast.core.errors import RowError
 from asap_fast.methods.common import count_tokens, method_output, thinking_tokens, prepare_row, row_error
-from asap_fast.methods.llmlingua2 import LLMLingua2Config, compress_row
+from asap_fast.methods.llmlingua2 import LLMLingua2Config, compress_row, matched_compress_row
 from asap_fast.stage2.fine import prompt_messages, prompt_text
 
 __all__ = ["RATIOS", "SEPARATOR", "TokenSkipConfig", "TokenSkipStage", "draw_ratio", "tokenskip_messages",
@@ -80,6 +80,7 @@ class TokenSkipConfig:
     ratios: tuple[float, ...] = RATIOS
     seed: int = 42
     separator: str = SEPARATOR
+    match: bool = False  # --match-ratio: llmlingua's rate searched per row so the row keeps its ratio
 
     def __post_init__(self):
         if not self.ratios:
@@ -92,7 +93,10 @@ class TokenSkipConfig:
     def manifest(self) -> dict:
         llmlingua = self.llmlingua.manifest()
         del llmlingua["target"]
-        return {"llmlingua": llmlingua, "ratios": list(self.ratios), "seed": self.seed, "separator": self.separator}
+        out = {"llmlingua": llmlingua, "ratios": list(self.ratios), "seed": self.seed, "separator": self.separator}
+        if self.match:
+            out["match"] = True
+        return out
 
 
 class TokenSkipStage:
@@ -116,12 +120,18 @@ class TokenSkipStage:
             row = prepare_row(record, think_field=lingua.think_field, task=lingua.task)
             ratio = draw_ratio(record, config.ratios, config.seed)
             tokens_before = thinking_tokens(self.tokenizer, row)
-            pruned, words = compress_row(self.compressor, self.tokenizer, row.steps, ratio, lingua.compress_options(),
-                                         row.whole)
+            extra = {}
+            if config.match:
+                pruned, words, extra["match_knob"] = matched_compress_row(
+                    self.compressor, self.tokenizer, row.steps, ratio, lingua.compress_options(), row.whole,
+                    tokens_before)
+            else:
+                pruned, words = compress_row(self.compressor, self.tokenizer, row.steps, ratio,
+                                             lingua.compress_options(), row.whole)
         except (RowError, ValueError) as e:
             return row_error(e, METHOD)
         tokens_after = tokens_before if words is None else count_tokens(self.tokenizer, pruned)
         out = method_output(record, record["prompt"], METHOD, pruned, row.answer, tokens_before,
-                            tokens_after, tokenskip_ratio=ratio, kept_words=words)
+                            tokens_after, tokenskip_ratio=ratio, kept_words=words, **extra)
         out["messages"] = tokenskip_messages(record["prompt"], ratio, pruned, row.answer, config.separator)
         return out

@@ -76,6 +76,9 @@ class PruneConfig:
                      ``generation``; "think" / "coarse_think" force one.
     task:            "auto" (the row's ``kind``, code when absent), "code" or "math": code rows
                      need a python block after </think>.
+    match:           with a ratio (``--match-ratio``): the budget is searched per row so that the
+                     written thinking keeps the ratio of tokens_before nearest (stage2.matching);
+                     the row records it as ``match_knob``. Global mode only.
     """
 
     budget: int | None = 4096
@@ -84,6 +87,7 @@ class PruneConfig:
     steps_per_round: int = 1
     think_field: str = "auto"
     task: str = "auto"
+    match: bool = False
 
     def __post_init__(self):
         if (self.budget is None) == (self.ratio is None):
@@ -103,9 +107,13 @@ class PruneConfig:
             raise ValueError(f"think field must be one of {THINK_FIELDS}, got {self.think_field!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.match and (self.ratio is None or self.mode != "global"):
+            raise ValueError("--match-ratio needs a ratio and --mode global (the budget is searched on one scoring pass)")
 
     def manifest(self) -> dict:
         options = asdict(self)
+        if not self.match:  # manifests of runs before matching existed stay valid for resume
+            del options["match"]
         if self.mode == "global":
             del options["steps_per_round"]  # unused, so it cannot change the bytes
         return options
@@ -232,12 +240,27 @@ class FineStage:
         tokenizer = self.scorer.tokenizer
         tokens_before, budget = thinking_budget(tokenizer, thinking, max_tokens=config.budget, ratio=config.ratio)
         self.tokens_scored += tokens_before
-        if tokens_before <= budget:  # the reference's early exit: the thinking as it is
+        extra = {}
+        originals = None
+        if config.match:  # the budget whose written thinking is nearest ratio * tokens_before
+            from asap_fast.stage2.matching import match_step_budget
+
             surprisal = self.scorer.score_encoded(encoded)
+            originals = step_source_texts(thinking)
+            budget = match_step_budget(
+                steps, surprisal, tokenizer, tokens_before, config.ratio,
+                written_tokens=lambda kept: len(tokenizer.encode("\n\n".join(originals[k] for k in kept))))
+            extra["match_knob"] = budget
+            if len(prune_steps(steps, surprisal, tokenizer, max_tokens=budget)) == len(steps):
+                budget = tokens_before  # kept whole: written as it is, as the early exit does
+        if tokens_before <= budget:  # the reference's early exit: the thinking as it is
+            if not config.match:
+                surprisal = self.scorer.score_encoded(encoded)
             kept, pruned, tokens_after = list(range(len(steps))), thinking, tokens_before
         else:
             if config.mode == "global":
-                surprisal = self.scorer.score_encoded(encoded)
+                if not config.match:
+                    surprisal = self.scorer.score_encoded(encoded)
                 kept = prune_steps(steps, surprisal, tokenizer, max_tokens=budget)
             else:
                 outcome = self.scorer.prune(prefix, steps, max_tokens=budget, mode="iterative",
@@ -246,7 +269,7 @@ class FineStage:
             if not kept:
                 label = f"budget {config.budget}" if config.ratio is None else f"ratio {config.ratio:g}"
                 return RowError(f"the budget removes every step: {label}, {tokens_before} tokens in {len(steps)} steps")
-            originals = step_source_texts(thinking)
+            originals = originals or step_source_texts(thinking)
             pruned = "\n\n".join(originals[k] for k in kept)
             tokens_after = len(tokenizer.encode(pruned))
         return {
@@ -258,6 +281,9 @@ class FineStage:
             "tokens_before": tokens_before,
             "tokens_after": tokens_after,
             "messages": sft_messages(record["prompt"], pruned, answer),
+            # matched rows say what they reached (the baselines always do); plain rows keep the
+            # fields of the reference's output
+            **({**extra, "achieved_ratio": tokens_after / tokens_before if tokens_before else 1.0} if extra else {}),
         }
 
 
