@@ -160,6 +160,8 @@ def test_report_compares_methods(corpus, model_dir, tmp_path):
     (("--method", "spirit", "--llm", "openai:x"), "only --method asap"),
     (("--method", "selective-context", "--mode", "iterative"), "--mode"),
     (("--method", "tokenskip", "--ratio", "0.5"), "draws its ratio"),
+    (("--method", "tokenskip", "--match-ratio", "0.5", "--tokenskip-ratios", "0.5,1"), "not both"),
+    (("--match-ratio", "0.5", "--mode", "iterative", "--skip-coarse"), "--mode global"),
     (("--method", "llmlingua2", "--lingua-model", "some/classifier"), "xlm-roberta-large"),
     (("--method", "spirit", "--skip-coarse"), "--skip-coarse"),
 ])
@@ -167,6 +169,23 @@ def test_option_errors_are_one_line(argv, message, corpus, tmp_path, capsys):
     assert cli("compress", corpus, tmp_path / "o.jsonl", *argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_match_ratio_through_the_cli(corpus, model_dir, tmp_path):
+    """--match-ratio on `asap fine`, `asap compress --skip-coarse` and a baseline: each row records its
+    knob and keeps about the ratio; the manifest says matched, so a plain --ratio run is another run."""
+    outs = {}
+    for name, argv in {"fine": ("fine",), "asap": ("compress", "--skip-coarse"),
+                       "selective-context": ("compress", "--method", "selective-context")}.items():
+        outs[name] = tmp_path / f"{name}.jsonl"
+        assert cli(*argv[:1], corpus, outs[name], *argv[1:], "--model", model_dir, "--match-ratio", "0.5",
+                   "--quiet") == 0
+        rows = read(outs[name])
+        assert len(rows) >= 6 and all("match_knob" in r for r in rows)
+        mean = sum(r["tokens_after"] / r["tokens_before"] for r in rows) / len(rows)
+        assert abs(mean - 0.5) < 0.05, (name, mean)  # short shortened traces: coarse knobs
+    assert [r["pruned_think"] for r in read(outs["fine"])] == [r["pruned_think"] for r in read(outs["asap"])]
+    assert cli("fine", corpus, outs["fine"], "--model", model_dir, "--ratio", "0.5", "--quiet") == 2  # not a resume
 
 
 def test_asap_rows_carry_their_method(corpus, model_dir, tmp_path):
