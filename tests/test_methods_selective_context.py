@@ -107,7 +107,8 @@ def token_units_plain(tok, prefix: str, text: str) -> list[int]:
 def test_stage_equals_plain_restatement(unit, keep, tokenizer, cases):
     model = tiny_causal_lm(len(tokenizer), hidden=32, layers=2, max_position_embeddings=16384, seed=4, dtype=torch.float64)
     stage = SelectiveContextStage(SurprisalScorer(model, tokenizer),
-                                  SelectiveContextConfig(target=Target(ratio=keep), unit=unit))
+                                  SelectiveContextConfig(target=Target(ratio=keep), unit=unit, aggregate="sum",
+                                                         context="full", split="lines"))
     for prefix, text in cases:
         record = {"prompt": prefix[: -len("\n<think>\n")], "generation": f"<think>\n{text}\n</think>\nok", "kind": "math"}
         out = list(stage.process([record]))[0]

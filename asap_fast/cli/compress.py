@@ -112,6 +112,15 @@ def add_method_options(p) -> None:
                    help="selective-context: lexical unit (default: token; phrase needs spaCy and --spacy-model)")
     g.add_argument("--spacy-model", default=None, metavar="NAME",
                    help="selective-context --unit phrase: the spaCy pipeline (default: en_core_web_sm)")
+    g.add_argument("--sc-aggregate", choices=("mean", "sum"), default=None,
+                   help="selective-context: a unit's self-information from its tokens' (default: mean for "
+                        "sentence and phrase units, as the authors' code; sum, the paper's text)")
+    g.add_argument("--sc-context", choices=("sentence", "full"), default=None,
+                   help="selective-context: sentence = each sentence scored alone after a BOS token, as the "
+                        "authors' code; full = the thinking scored after the prompt (default: sentence)")
+    g.add_argument("--sc-split", choices=("original", "lines"), default=None,
+                   help="selective-context --unit sentence: original = the authors' regex after whitespace "
+                        "collapse; lines = also at newlines and after '!' (default: original)")
     g.add_argument("--lingua-model", default=None, metavar="PATH",
                    help=f"llmlingua2 / tokenskip: the LLMLingua-2 token classifier, a directory or hub id whose "
                         f"name contains xlm-roberta-large or bert-base-multilingual-cased (default: {DEFAULT_MODEL})")
@@ -136,7 +145,7 @@ def add_method_options(p) -> None:
 _METHOD_OPTIONS = {
     "asap": (),
     "spirit": (),
-    "selective-context": ("unit", "spacy_model"),
+    "selective-context": ("unit", "spacy_model", "sc_aggregate", "sc_context", "sc_split"),
     "llmlingua2": ("lingua_model", "force_tokens", "force_reserve_digit", "drop_consecutive", "token_to_word"),
     "tokenskip": ("lingua_model", "force_tokens", "force_reserve_digit", "drop_consecutive", "token_to_word",
                   "tokenskip_ratios", "tokenskip_seed", "tokenskip_separator"),
@@ -173,7 +182,9 @@ def method_config(args):
         from asap_fast.methods.selective_context import SelectiveContextConfig
 
         return SelectiveContextConfig(target=target, unit=args.unit or "token",
-                                      spacy_model=args.spacy_model or "en_core_web_sm", **common)
+                                      spacy_model=args.spacy_model or "en_core_web_sm", aggregate=args.sc_aggregate,
+                                      context=args.sc_context or "sentence", split=args.sc_split or "original",
+                                      **common)
     from asap_fast.methods.llmlingua2 import DEFAULT_MODEL, LLMLingua2Config
 
     lingua = LLMLingua2Config(model=args.lingua_model or DEFAULT_MODEL, target=target,
