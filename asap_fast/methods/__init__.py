@@ -60,6 +60,9 @@ def load_stage(config, scorer_spec, *, device: str | None = None, quiet: bool = 
         return SelectiveContextStage(scorer_spec.load(quiet=quiet, stage="compress"), config, nlp=stage_nlp)
     if isinstance(config, (LLMLingua2Config, TokenSkipConfig)):
         lingua = config if isinstance(config, LLMLingua2Config) else config.llmlingua
+        from asap_fast.methods.llmlingua2 import resolve_classifier
+
+        resolve_classifier(lingua.model)  # a missing classifier fails before any model loads
         path = scorer_spec.model_path()
         if scorer_spec.model is None and not quiet:
             print(f"asap compress: no --model given, counting tokens with the bundled demo scorer's tokenizer {path}",

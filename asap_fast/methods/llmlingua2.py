@@ -69,6 +69,30 @@ def check_model_family(model: str) -> None:
                          f"{' or '.join(repr(f) for f in MODEL_FAMILIES)}; got {model!r} (rename the directory)")
 
 
+def resolve_classifier(model: str, *, cache_dir: str | None = None) -> str:
+    """The local directory of the classifier ``model``: the directory itself, or the snapshot of a
+    hub id in the local Hugging Face cache (``cache_dir``: default, HF_HUB_CACHE / HF_HOME's). Never
+    downloads: a hub id that is not cached is a ValueError naming --lingua-model and how to fetch it
+    once, instead of llmlingua's hub retries (tens of seconds without network)."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ValueError(f"the LLMLingua-2 classifier directory {model} has no config.json")
+        return str(path)
+    if path.exists() or model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ValueError(f"the LLMLingua-2 classifier {model} is not a directory (--lingua-model PATH) "
+                         f"nor a hub id (org/name)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model, local_files_only=True, cache_dir=cache_dir)
+    except (OSError, ValueError):
+        raise ValueError(
+            f"the LLMLingua-2 classifier {model} is not in the local Hugging Face cache and is never "
+            f"downloaded during a run: fetch it once (hf download {model}, with network), then rerun "
+            f"(HF_HUB_OFFLINE=1 works), or pass --lingua-model PATH to a local copy") from None
+
+
 def seed_tiktoken_cache() -> None:
     """Make cl100k_base loadable without network where a copy is installed.
 
@@ -144,8 +168,9 @@ class LLMLingua2Compressor:
             check_model_family); device: "cpu", "cuda", ... (default: cuda when available).
     """
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, device: str | None = None):
+    def __init__(self, model: str = DEFAULT_MODEL, *, device: str | None = None, cache_dir: str | None = None):
         check_model_family(model)
+        local = resolve_classifier(model, cache_dir=cache_dir)  # before llmlingua and torch load
         try:
             from llmlingua import PromptCompressor
         except ImportError:
@@ -155,7 +180,7 @@ class LLMLingua2Compressor:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         seed_tiktoken_cache()
         try:
-            self.compressor = PromptCompressor(model_name=model, device_map=device, use_llmlingua2=True,
+            self.compressor = PromptCompressor(model_name=local, device_map=device, use_llmlingua2=True,
                                                model_config={"trust_remote_code": False})
         except OSError as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
