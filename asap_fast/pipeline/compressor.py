@@ -137,7 +137,11 @@ def _columns(batch) -> dict[str, list]:
     if hasattr(batch, "to_pydict") and hasattr(batch, "schema"):  # pyarrow.Table / RecordBatch
         return batch.to_pydict()
     if hasattr(batch, "to_dict") and hasattr(batch, "columns") and hasattr(batch, "iloc"):  # pandas.DataFrame
-        batch = {name: batch[name].to_numpy() for name in batch.columns}
+        import pandas as pd
+
+        # pandas holds a null as None, NaN or pd.NA depending on the column's dtype
+        return {str(name): [None if v is pd.NA else _plain(v, nan_is_null=True) for v in batch[name].to_numpy(dtype=object)]
+                for name in batch.columns}
     if not isinstance(batch, Mapping) and not hasattr(batch, "keys"):
         raise TypeError(f"a batch is a dict of columns (or a pyarrow Table / pandas DataFrame), "
                         f"not {type(batch).__name__}")
@@ -222,7 +226,12 @@ class Compressor:
         ready = []
         for i, record in enumerate(records):
             missing = [name for name in REQUIRED if name not in record]
-            if missing:
+            # a row the CLI could not read or write (a lone surrogate) is refused before the stage,
+            # whose tokenizer would raise on it
+            unreadable = unwritable_text(record)
+            if unreadable is not None:
+                results[i] = RowError(unreadable)
+            elif missing:
                 results[i] = RowError(f"missing field '{missing[0]}'")
             else:
                 ready.append(i)
