@@ -182,6 +182,16 @@ def test_method_config_matches_the_cli_defaults():
         assert cli_method_config(args) == method_config(method), method
     args = parser.parse_args(["compress", "in.jsonl", "out.jsonl", "--method", "spirit", "--budget", "300"])
     assert cli_method_config(args) == method_config("spirit", budget=300)
+    # the defaults themselves: the paper's budget 4096 for asap, ratio 0.5 for the baselines
+    from asap_fast.methods.common import Target
+    from asap_fast.methods.tokenskip import RATIOS
+
+    assert method_config("asap").budget == 4096 and method_config("asap", ratio=0.3).budget is None
+    assert method_config("spirit").target == Target(ratio=0.5)
+    assert method_config("selective-context").unit == "token"
+    tokenskip = method_config("tokenskip")
+    assert tokenskip.ratios == tuple(RATIOS) and tokenskip.seed == 42
+    assert method_config("llmlingua2", force_tokens=["Step", ":"]).force_tokens == ("Step", ":")
 
 
 @pytest.mark.ray  # a local Ray runtime: the Ray tier

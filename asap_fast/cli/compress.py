@@ -145,8 +145,6 @@ _METHOD_OPTIONS = {
 
 def method_config(args):
     """The method's typed config from the options (None for asap), refusing options of another method."""
-    from asap_fast.methods.common import Target
-
     given = [name for names in _METHOD_OPTIONS.values() for name in names
              if getattr(args, name) is not None and name not in _METHOD_OPTIONS[args.method]]
     if given:
@@ -158,33 +156,14 @@ def method_config(args):
         raise ValueError(f"--llm runs stage 1, which only --method asap has; --method {args.method} needs no LLM")
     if args.mode != "global" or args.steps_per_round != 1:
         raise ValueError("--mode and --steps-per-round are options of --method asap")
-    target = Target(budget=args.budget, ratio=None) if args.budget is not None else Target(ratio=args.ratio or 0.5)
-    common = {"think_field": args.think_field, "task": args.task}
-    if args.method == "spirit":
-        from asap_fast.methods.spirit import SpiritConfig
-
-        return SpiritConfig(target=target, **common)
-    if args.method == "selective-context":
-        from asap_fast.methods.selective_context import SelectiveContextConfig
-
-        return SelectiveContextConfig(target=target, unit=args.unit or "token",
-                                      spacy_model=args.spacy_model or "en_core_web_sm", **common)
-    from asap_fast.methods.llmlingua2 import DEFAULT_MODEL, LLMLingua2Config
-
-    lingua = LLMLingua2Config(model=args.lingua_model or DEFAULT_MODEL, target=target,
-                              force_tokens=args.force_tokens or (),
-                              force_reserve_digit=bool(args.force_reserve_digit),
-                              drop_consecutive=bool(args.drop_consecutive),
-                              token_to_word=args.token_to_word or "mean", **common)
-    if args.method == "llmlingua2":
-        return lingua
-    from asap_fast.methods.tokenskip import RATIOS, SEPARATOR, TokenSkipConfig
-
-    if args.budget is not None or args.ratio is not None:
+    if args.method == "tokenskip" and (args.budget is not None or args.ratio is not None):
         raise ValueError("tokenskip draws its ratio per row from --tokenskip-ratios; --budget and --ratio do not apply")
-    return TokenSkipConfig(llmlingua=lingua, ratios=args.tokenskip_ratios or RATIOS,
-                           seed=42 if args.tokenskip_seed is None else args.tokenskip_seed,
-                           separator=args.tokenskip_separator if args.tokenskip_separator is not None else SEPARATOR)
+    # one builder, with the defaults, for the CLI and asap_fast.Compressor
+    from asap_fast.pipeline.compressor import method_config as build_method_config
+
+    options = {name: getattr(args, name) for name in _METHOD_OPTIONS[args.method]}
+    return build_method_config(args.method, budget=args.budget, ratio=args.ratio, think_field=args.think_field,
+                               task=args.task, **options)
 
 
 def run_method(args, config) -> int:
