@@ -92,25 +92,64 @@ def asap(rows):
     return af.Compressor("asap", ratio=0.5).load()
 
 
-def test_datasets_map_equals_asap_fine(rows, asap, tmp_path):
-    datasets = pytest.importorskip("datasets")
-    written, rejected = cli_outputs(tmp_path, rows, "fine", "--ratio", "0.5")
+@pytest.fixture(scope="module")
+def fine_cli(rows, tmp_path_factory):
+    written, rejected = cli_outputs(tmp_path_factory.mktemp("fine"), rows, "fine", "--ratio", "0.5")
     assert {"cut", "nocode", "nogeneration", "onestep"} <= set(rejected) and len(written) >= 5
     assert rejected["nogeneration"] == "missing field 'generation'"
+    return written, rejected
+
+
+@pytest.mark.parametrize("order", ["mixed", "rejects_first", "compressed_first"])
+def test_datasets_map_equals_asap_fine(order, rows, asap, fine_cli):
+    """Whatever the first batch holds (datasets types a column from it), with ``features=``."""
+    datasets = pytest.importorskip("datasets")
+    written, rejected = fine_cli
+    if order != "mixed":
+        rows = sorted(rows, key=lambda r: (r["id"] in rejected) != (order == "rejects_first"))
     ds = datasets.Dataset.from_dict(as_columns(rows))
-    out = ds.map(asap, batched=True, batch_size=3, load_from_cache_file=False)
+    out = ds.map(asap, batched=True, batch_size=3, features=asap.features(ds.features), load_from_cache_file=False)
     assert out.num_rows == len(rows)
     assert_same_as_cli(out.to_list(), written, rejected, "asap", ds.column_names)
 
 
-def test_datasets_map_equals_compress_method(rows, tmp_path):
+@pytest.mark.parametrize("method", ["selective-context", pytest.param("spirit", marks=pytest.mark.slow)])  # 20 s
+def test_datasets_map_equals_compress_method(method, rows, tmp_path):
     datasets = pytest.importorskip("datasets")
-    written, rejected = cli_outputs(tmp_path, rows, "compress", "--method", "selective-context")
+    written, rejected = cli_outputs(tmp_path, rows, "compress", "--method", method)
     assert len(written) >= 5
-    compressor = af.Compressor("selective-context")  # the CLI's default: ratio 0.5
+    compressor = af.Compressor(method)  # the CLI's default: ratio 0.5
     ds = datasets.Dataset.from_dict(as_columns(rows))
-    out = ds.map(compressor, batched=True, batch_size=4, load_from_cache_file=False)
-    assert_same_as_cli(out.to_list(), written, rejected, "selective-context", ds.column_names)
+    out = ds.map(compressor, batched=True, batch_size=4, features=compressor.features(ds.features),
+                 load_from_cache_file=False)
+    assert_same_as_cli(out.to_list(), written, rejected, method, ds.column_names)
+
+
+def test_datasets_map_equals_compress_tokenskip(rows, tmp_path, monkeypatch):
+    """A classifier method (a tiny LLMLingua-2 classifier, no download): kept_words, [word, 0/1]
+    pairs no Arrow type holds, is the CLI's value as JSON text."""
+    datasets = pytest.importorskip("datasets")
+    pytest.importorskip("llmlingua")
+    from asap_fast.methods.llmlingua2 import seed_tiktoken_cache
+    from asap_fast.testing import tiny_token_classifier
+
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    (tmp_path / "tiktoken").mkdir()
+    seed_tiktoken_cache()
+    classifier = str(tiny_token_classifier(tmp_path / "tiny-xlm-roberta-large", "xlm-roberta-large",
+                                           texts=[r["generation"] for r in rows if "generation" in r]))
+    written, rejected = cli_outputs(tmp_path, rows, "compress", "--method", "tokenskip", "--lingua-model", classifier)
+    assert len(written) >= 5
+    compressor = af.Compressor("tokenskip", lingua_model=classifier)
+    ds = datasets.Dataset.from_dict(as_columns(rows))
+    out = ds.map(compressor, batched=True, batch_size=4, features=compressor.features(ds.features),
+                 load_from_cache_file=False).to_list()
+    kept_words = {r["id"]: r["kept_words"] for r in out}
+    assert any(kept_words[i] is not None for i in written)
+    for row in out:
+        if row["id"] in written and row["kept_words"] is not None:
+            row["kept_words"] = json.loads(row["kept_words"])
+    assert_same_as_cli(out, written, rejected, "tokenskip", ds.column_names)
 
 
 def test_batch_formats_give_the_same_rows(rows, asap):
@@ -215,3 +254,22 @@ def test_ray_data_map_batches_equals_asap_fine(rows, tmp_path, monkeypatch):
         ray.shutdown()
     assert len(out) == len(rows)
     assert_same_as_cli(out, written, rejected, "asap", columns)
+
+
+@pytest.mark.ray  # a local Ray runtime: the Ray tier
+def test_docs_ray_example_runs(tmp_path):
+    """The Ray Data example of docs/python-api.md (a ```py block, which the docs test leaves out
+    because a Ray runtime takes a minute to start) runs as written, from outside the checkout."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "python-api.md").read_text(encoding="utf-8")
+    [code] = re.findall(r"^```py\n(.*?)^```", page, re.S | re.M)
+    assert "map_batches(af.Compressor" in code
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 8 and all("tokens" in line or line.split()[1:] for line in lines), proc.stdout

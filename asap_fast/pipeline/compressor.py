@@ -7,8 +7,10 @@ It runs the stages the CLI runs, on the same per-row code: method "asap" is
 :func:`~asap_fast.methods.load_stage` (what `asap compress --method M` writes). A batch is a dict of
 columns (lists, numpy arrays as Ray Data's default "numpy" format gives them, a pyarrow Table or a
 pandas DataFrame); the call returns a dict of lists: every input column, the method's output
-columns, and ``reject``, the reason a row was not compressed (None for compressed rows, whose
-output columns are then None). Nothing raises for a bad row.
+columns, and ``reject``, the reason a row was not compressed (None for compressed rows; a rejected
+row's output columns are None). Nothing raises for a bad row. ``kept_words`` (llmlingua2,
+tokenskip: [word, 0/1] pairs, which no Arrow type holds) is JSON text, as in the CLI's Parquet and
+datasets outputs; every other value is the one the CLI's JSON Lines output holds.
 
 Columnar batches cannot tell a field that is absent from one that is null (``datasets`` and Arrow
 fill absent fields with null), so a null field is given to the stage as absent: a row whose
@@ -22,6 +24,7 @@ processes, and ``datasets`` can fingerprint it for its cache.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 
@@ -30,7 +33,7 @@ from asap_fast.methods import METHODS
 from asap_fast.pipeline.records import unwritable_text
 from asap_fast.stage2.fine import PruneConfig, ScorerSpec
 
-__all__ = ["OUTPUT_FIELDS", "REJECT_FIELD", "Compressor", "method_config"]
+__all__ = ["JSON_TEXT_FIELDS", "OUTPUT_FIELDS", "REJECT_FIELD", "Compressor", "method_config", "output_schema"]
 
 REJECT_FIELD = "reject"
 REQUIRED = ("prompt", "generation")  # what the CLI's run engine requires of every row
@@ -49,6 +52,25 @@ OUTPUT_FIELDS = {
                   "achieved_ratio", "messages"),
 }
 assert set(OUTPUT_FIELDS) == set(METHODS)
+
+# Fields whose values Arrow cannot hold as one type ([word, 1] pairs), given as JSON text
+# (json.dumps of the CLI's value), as the CLI's Parquet and datasets outputs store them
+JSON_TEXT_FIELDS = frozenset({"kept_words"})
+
+
+def output_schema(method: str):
+    """The Arrow types of ``method``'s output columns and ``reject`` (pyarrow.Schema)."""
+    import pyarrow as pa
+
+    ints, floats = pa.list_(pa.int64()), pa.list_(pa.float64())
+    types = {
+        "method": pa.string(), "pruned_think": pa.string(), "step_surprisal": floats, "step_importance": floats,
+        "kept_steps": ints, "kept_spans": pa.list_(ints), "units_kept": pa.int64(), "units_total": pa.int64(),
+        "kept_words": pa.string(), "tokenskip_ratio": pa.float64(), "tokens_before": pa.int64(),
+        "tokens_after": pa.int64(), "achieved_ratio": pa.float64(),
+        "messages": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])),
+    }
+    return pa.schema([(name, types[name]) for name in OUTPUT_FIELDS[method]] + [(REJECT_FIELD, pa.string())])
 
 # the options of each baseline besides budget / ratio / think_field / task (`asap compress --method`)
 METHOD_OPTIONS = {
@@ -201,6 +223,18 @@ class Compressor:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_stage": None}  # the configuration travels; the scorer loads where it runs
 
+    def features(self, input_features=None):
+        """The ``datasets.Features`` of the output: ``input_features`` (a Dataset's ``.features``) plus
+        the output columns. Pass it to ``Dataset.map(..., features=...)``: datasets takes a column's
+        type from its first batch and refuses a column whose first values are all null (``reject``
+        when the first batch has no reject; every output column when it has nothing else)."""
+        try:
+            import datasets
+        except ImportError:
+            raise ImportError("Compressor.features needs datasets: pip install datasets") from None
+        output = datasets.Features.from_arrow_schema(output_schema(self.method))
+        return datasets.Features({**(input_features or {}), **output})
+
     def load(self) -> Compressor:
         """Load the scorer (and the method's other models) now rather than on the first call."""
         if self._stage is None:
@@ -262,5 +296,7 @@ class Compressor:
             for name, value in result.items():
                 if name not in out:  # a field this method's OUTPUT_FIELDS does not name
                     out[name] = [None] * n
+                if name in JSON_TEXT_FIELDS and value is not None:
+                    value = json.dumps(value, ensure_ascii=False)
                 out[name][i] = value
         return out
