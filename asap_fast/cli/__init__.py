@@ -19,6 +19,7 @@ from asap_fast.cli import (
     compress,
     direct,
     eval,
+    experiment,
     fine,
     merge,
     report,
@@ -26,7 +27,7 @@ from asap_fast.cli import (
     split,
 )
 
-COMMANDS = (split, direct, coarse, fine, compress, merge, report, sft, eval, bench)
+COMMANDS = (split, direct, coarse, fine, compress, merge, report, sft, eval, experiment, bench)
 EXIT_INTERRUPTED = 130
 
 
