@@ -238,3 +238,26 @@ def test_a_small_experiment_runs_reuses_and_reruns_one_method(tmp_path):
     subprocess.run([*asap, str(second), "--out", str(out), "--quiet"], check=True, cwd=cwd, timeout=900)
     rerun = {p for p in manifests if p.read_text() != manifests[p]}
     assert {str(p.relative_to(out).parent) for p in rerun} == {"compress/asap", "sft/asap", "eval/asap/eval-mini"}
+
+
+def test_ctrl_c_stops_the_step_and_a_rerun_picks_it_up(tmp_path):
+    import signal
+    import time
+
+    config = smoke_config(tmp_path, lambda d: d.update(traces={"path": "asap_fast:cot-traces", "limit": 40}))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "asap_fast.cli", "experiment", str(config), "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tempfile.mkdtemp())
+    log = out / "compress" / "asap" / "log.txt"
+    deadline = time.monotonic() + 120
+    while not log.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert log.exists(), "the compress step never started"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("asap experiment: interrupted during step compress/asap; run the same "
+                                            "command again to go on (finished steps are kept)")
+    plan = subprocess.run([sys.executable, "-m", "asap_fast.cli", "experiment", str(config), "--out", str(out),
+                           "--dry-run"], capture_output=True, text=True, cwd=tempfile.mkdtemp(), check=True).stdout
+    assert "[done] traces: done" in plan and "[run ] compress/asap: did not finish" in plan

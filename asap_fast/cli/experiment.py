@@ -56,6 +56,7 @@ def validate_step(step) -> None:
 
 def run(args) -> int:
     from asap_fast.experiment import StepFailed, load_experiment, run_experiment
+    from asap_fast.experiment.runner import StepInterrupted
 
     exp = load_experiment(args.config)
     try:
@@ -63,4 +64,7 @@ def run(args) -> int:
     except StepFailed as e:
         print(f"asap experiment: {e}", file=sys.stderr)
         return 1
+    except StepInterrupted as e:
+        print(f"asap experiment: {e}", file=sys.stderr)
+        return 130
     return 0

@@ -29,7 +29,7 @@ from pathlib import Path
 from asap_fast.experiment.config import Experiment
 from asap_fast.experiment.plan import Input, Step, build_plan
 
-__all__ = ["ExperimentError", "StepFailed", "StepStatus", "plan_status", "run_experiment"]
+__all__ = ["ExperimentError", "StepFailed", "StepInterrupted", "StepStatus", "plan_status", "run_experiment"]
 
 MANIFEST = "step.json"
 LOG = "log.txt"
@@ -41,6 +41,10 @@ class ExperimentError(ValueError):
 
 class StepFailed(ExperimentError):
     """A step's command failed; names the step and its log."""
+
+
+class StepInterrupted(ExperimentError):
+    """Ctrl-C (or SIGTERM to the child) during a step; a re-run resumes."""
 
 
 @dataclass
@@ -156,6 +160,8 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike, *, only: str | N
         raise ExperimentError(f"{out_dir} is in use by another asap experiment; wait for it to end") from None
 
     heavy = [st for st in todo if st.step.kind != "results"]
+    if only is not None and only != "results" and not heavy:
+        say(f"step {only} is done (nothing to do; its inputs and options are unchanged)")
     skipped = [st.step.name for st in statuses if st.done]
     if skipped and not quiet:
         say(f"{len(skipped)} step(s) done before, reused: {', '.join(skipped)}")
@@ -165,10 +171,14 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike, *, only: str | N
             say(f"[{i}/{len(heavy)}] {s.name} ({st.reason})")
         _prepare_dir(s)
         started = time.perf_counter()
-        if s.kind == "traces":
-            _select_traces(exp, s)
-        else:
-            _run_child(s, quiet)
+        try:
+            if s.kind == "traces":
+                _select_traces(exp, s)
+            else:
+                _run_child(s, quiet)
+        except KeyboardInterrupt:
+            raise StepInterrupted(f"interrupted during step {s.name}; run the same command again to go on "
+                                  f"(finished steps are kept)") from None
         seconds = time.perf_counter() - started
         _write_manifest(s, "done", seconds)
         if not quiet:
