@@ -261,3 +261,26 @@ def test_ctrl_c_stops_the_step_and_a_rerun_picks_it_up(tmp_path):
     plan = subprocess.run([sys.executable, "-m", "asap_fast.cli", "experiment", str(config), "--out", str(out),
                            "--dry-run"], capture_output=True, text=True, cwd=tempfile.mkdtemp(), check=True).stdout
     assert "[done] traces: done" in plan and "[run ] compress/asap: did not finish" in plan
+
+
+@pytest.mark.slow  # compresses, trains and evaluates once (about 35 s on 2 cores)
+def test_sft_runs_under_accelerate_launch_when_the_config_names_a_file(tmp_path):
+    accelerate_config = tmp_path / "cpu.yaml"  # accelerate on CPU without MPI: its simple launcher
+    accelerate_config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: 'NO'\nmixed_precision: 'no'\n"
+                                 "num_machines: 1\nnum_processes: 1\nuse_cpu: true\n")
+
+    def small(d):
+        d["traces"]["limit"] = 3
+        d["methods"] = {"asap": {"method": "asap", "skip_coarse": True, "ratio": 0.5}}
+        d["sft"].update(accelerate=str(accelerate_config))
+        d["sft"]["overrides"]["max_steps"] = 1
+        d["eval"]["options"]["max_new_tokens"] = 4
+
+    out = tmp_path / "out"
+    subprocess.run([sys.executable, "-m", "asap_fast.cli", "experiment", str(smoke_config(tmp_path, small)),
+                    "--out", str(out), "--quiet"], check=True, cwd=tempfile.mkdtemp(), timeout=900)
+    log = (out / "sft" / "asap" / "log.txt").read_text()
+    assert log.startswith(f"$ accelerate launch --config_file {accelerate_config} -m asap_fast.cli sft ")
+    summary = json.loads((out / "sft" / "asap" / "model" / "sft_summary.json").read_text())
+    assert summary["global_steps"] == 1
+    assert json.loads((out / "eval" / "asap" / "eval-mini" / "results.json").read_text())["n_problems"] == 6
