@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as e:  # noqa: BLE001 - every failure becomes one line (or a traceback with --debug)
         if debug or isinstance(e, SystemExit):
             raise
+        if isinstance(e, BrokenPipeError):  # `asap ... | head`: the reader left; not an error of ours
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return 141
         message, code = describe(e)
         print(f"asap {args.command}: {message}", file=sys.stderr)
         return code

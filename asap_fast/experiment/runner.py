@@ -165,6 +165,8 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike, *, only: str | N
     skipped = [st.step.name for st in statuses if st.done]
     if skipped and not quiet:
         say(f"{len(skipped)} step(s) done before, reused: {', '.join(skipped)}")
+    if heavy and not quiet:
+        say(f"{len(heavy)} step(s) to run: " + "; ".join(f"{st.step.name} ({st.reason})" for st in heavy))
     for i, st in enumerate(heavy, 1):
         s = st.step
         if not quiet:
