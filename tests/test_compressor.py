@@ -100,15 +100,17 @@ def fine_cli(rows, tmp_path_factory):
     return written, rejected
 
 
+@pytest.mark.parametrize("features", [False, True])
 @pytest.mark.parametrize("order", ["mixed", "rejects_first", "compressed_first"])
-def test_datasets_map_equals_asap_fine(order, rows, asap, fine_cli):
-    """Whatever the first batch holds (datasets types a column from it), with ``features=``."""
+def test_datasets_map_equals_asap_fine(order, features, rows, asap, fine_cli):
+    """Whatever the first batch holds (datasets types a column from it), with or without ``features=``."""
     datasets = pytest.importorskip("datasets")
     written, rejected = fine_cli
     if order != "mixed":
         rows = sorted(rows, key=lambda r: (r["id"] in rejected) != (order == "rejects_first"))
     ds = datasets.Dataset.from_dict(as_columns(rows))
-    out = ds.map(asap, batched=True, batch_size=3, features=asap.features(ds.features), load_from_cache_file=False)
+    extra = {"features": asap.features(ds.features)} if features else {}
+    out = ds.map(asap, batched=True, batch_size=3, load_from_cache_file=False, **extra)
     assert out.num_rows == len(rows)
     assert_same_as_cli(out.to_list(), written, rejected, "asap", ds.column_names)
 
@@ -142,8 +144,7 @@ def test_datasets_map_equals_compress_tokenskip(rows, tmp_path, monkeypatch):
     assert len(written) >= 5
     compressor = af.Compressor("tokenskip", lingua_model=classifier)
     ds = datasets.Dataset.from_dict(as_columns(rows))
-    out = ds.map(compressor, batched=True, batch_size=4, features=compressor.features(ds.features),
-                 load_from_cache_file=False).to_list()
+    out = ds.map(compressor, batched=True, batch_size=4, load_from_cache_file=False).to_list()
     kept_words = {r["id"]: r["kept_words"] for r in out}
     assert any(kept_words[i] is not None for i in written)
     for row in out:

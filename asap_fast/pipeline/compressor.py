@@ -197,7 +197,8 @@ class Compressor:
     **options:     the baseline's own options (unit, spacy_model, lingua_model, force_tokens, ...)
 
     ``compressor(batch)`` returns the batch as a dict of lists with the method's OUTPUT_FIELDS and
-    ``reject`` added; each row's values are those the CLI writes for it.
+    ``reject`` added (a pyarrow Table when ``Dataset.map`` calls it, typed so that any first batch
+    works); each row's values are those the CLI writes for it.
     """
 
     def __init__(self, method: str = "asap", model: str | None = None, *, budget: int | None = None,
@@ -225,9 +226,8 @@ class Compressor:
 
     def features(self, input_features=None):
         """The ``datasets.Features`` of the output: ``input_features`` (a Dataset's ``.features``) plus
-        the output columns. Pass it to ``Dataset.map(..., features=...)``: datasets takes a column's
-        type from its first batch and refuses a column whose first values are all null (``reject``
-        when the first batch has no reject; every output column when it has nothing else)."""
+        the output columns, for ``Dataset.map(..., features=...)`` where a pipeline wants the types
+        fixed in advance (without it, the types come from the first batch)."""
         try:
             import datasets
         except ImportError:
@@ -280,7 +280,7 @@ class Compressor:
             results[i] = out
         return results
 
-    def __call__(self, batch) -> dict[str, list]:
+    def __call__(self, batch):
         columns = _columns(batch)
         n = len(next(iter(columns.values()))) if columns else 0
         records = [{name: values[i] for name, values in columns.items() if values[i] is not None} for i in range(n)]
@@ -299,4 +299,26 @@ class Compressor:
                 if name in JSON_TEXT_FIELDS and value is not None:
                     value = json.dumps(value, ensure_ascii=False)
                 out[name][i] = value
+        table = getattr(batch, "pa_table", None)  # a datasets.Dataset.map batch (LazyBatch)
+        if table is not None and getattr(table, "num_rows", None) == n:
+            return self._arrow_batch(table, out)
         return out
+
+    def _arrow_batch(self, table, out: dict[str, list]):
+        """``out`` as a pyarrow Table for ``Dataset.map``: the input columns with their own types, the
+        output columns typed by their values, or by :func:`output_schema` where every value is null
+        (datasets takes a column's type from the first batch written and refuses a null-typed one, so a
+        first batch without rejects or without compressed rows would otherwise stop the map)."""
+        import pyarrow as pa
+
+        declared = output_schema(self.method)
+        arrays, names = [], []
+        for name, values in out.items():
+            if name in table.column_names and name not in declared.names:
+                arrays.append(table.column(name))
+            elif all(v is None for v in values) and name in declared.names:
+                arrays.append(pa.array(values, type=declared.field(name).type))
+            else:
+                arrays.append(pa.array(values))
+            names.append(name)
+        return pa.Table.from_arrays(arrays, names=names)
