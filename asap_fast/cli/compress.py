@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from dataclasses import asdict
 
 from asap_fast.cli.common import (
     add_io,
+    add_ray_options,
     add_run_options,
     add_shard_option,
     add_stage2_options,
     positive_int,
     print_summary,
     prune_config,
+    ray_process,
     report_complete,
     run_options,
     scorer_spec,
@@ -76,6 +79,7 @@ def add(subparsers) -> None:
     p.set_defaults(budget=None)
     r = add_run_options(p, batch=64, batch_help="rows per batch through all three stages (default: 64)")
     add_shard_option(r)
+    add_ray_options(r)  # stage 2 alone (--skip-coarse) and the baselines: stage 1 waits on an LLM, not a GPU
     p.set_defaults(func=run)
 
 
@@ -187,9 +191,10 @@ def run_method(args, config) -> int:
     if done is not None:
         report_complete("compress", args.output, done)
         return 0
-    stage = load_stage(config, spec, device=args.device, quiet=args.quiet)
-    summary = run_corpus(args.input, args.output, stage="compress", process=stage.process,
-                         options=run_options(args), manifest_options=manifest,
+    process, batch = ray_process(args, functools.partial(load_stage, config, spec, device=args.device,
+                                                         quiet=args.quiet))
+    summary = run_corpus(args.input, args.output, stage="compress", process=process,
+                         options=run_options(args, batch), manifest_options=manifest,
                          required=("prompt", "generation"), rows=rows, shard=args.shard, meta=meta)
     print_summary(summary, args.quiet)
     return 0
@@ -197,7 +202,7 @@ def run_method(args, config) -> int:
 
 def run(args) -> int:
     from asap_fast.cli.llm_options import template_manifest
-    from asap_fast.pipeline.compress import CompressStage
+    from asap_fast.pipeline.compress import CompressStage, make_skip_coarse_stage
     from asap_fast.pipeline.engine import check_resumable, run_corpus
     from asap_fast.pipeline.records import check_input
     from asap_fast.pipeline.shards import shard_plan
@@ -216,6 +221,9 @@ def run(args) -> int:
         args.budget = 4096
     if not args.skip_coarse and not args.llm:
         raise ValueError("--llm is required (or --skip-coarse to run stage 2 alone)")
+    if args.ray and not args.skip_coarse:
+        raise ValueError("--ray runs stage 2 alone (--skip-coarse) or a baseline (--method); stage 1 is bound "
+                         "by the LLM backend's throughput (raise --concurrency instead)")
     # the ablation prunes the original thinking, whatever the row holds
     config = prune_config(args, think_field="think" if args.skip_coarse else None)
     spec = scorer_spec(args)
@@ -247,10 +255,13 @@ def run(args) -> int:
         coarse = CoarseStage(backend, coarse_params, coarse_template, args.reject_failed, threshold=args.threshold,
                              metric=args.metric, max_attempts=args.max_attempts, snap=args.snap_to_original)
     try:
-        fine = FineStage(spec.load(quiet=args.quiet, stage="compress"), config)
-        stage = CompressStage(fine, direct, coarse, method="asap")
-        summary = run_corpus(args.input, args.output, stage="compress", process=stage.process,
-                             options=run_options(args), manifest_options=manifest,
+        if args.skip_coarse:
+            process, batch = ray_process(args, functools.partial(make_skip_coarse_stage, spec, config, args.quiet))
+        else:
+            fine = FineStage(spec.load(quiet=args.quiet, stage="compress"), config)
+            process, batch = CompressStage(fine, direct, coarse, method="asap").process, args.batch
+        summary = run_corpus(args.input, args.output, stage="compress", process=process,
+                             options=run_options(args, batch), manifest_options=manifest,
                              required=("prompt", "generation"), rows=rows, shard=args.shard, meta=meta)
     except LLMError as e:
         print(f"asap compress: error: {e}", file=sys.stderr)
