@@ -183,3 +183,19 @@ def test_match_needs_a_ratio_and_global_mode():
     with pytest.raises(ValueError, match="global"):
         PruneConfig(budget=None, ratio=0.5, match=True, mode="iterative")
     assert "match" not in Target(ratio=0.5).manifest() and Target(ratio=0.5, match=True).manifest()["match"]
+
+
+def test_the_shared_builder_takes_match_ratio():
+    """asap_fast.Compressor and the CLI build configs with pipeline.compressor.method_config."""
+    from asap_fast.pipeline.compressor import method_config
+
+    assert method_config("asap", match_ratio=0.4) == PruneConfig(budget=None, ratio=0.4, match=True)
+    assert method_config("spirit", match_ratio=0.4).target == Target(ratio=0.4, match=True)
+    sc = method_config("selective-context", match_ratio=0.4, sc_aggregate="sum", sc_context="full")
+    assert sc.target.match and sc.unit_aggregate == "sum" and sc.context == "full"
+    ts = method_config("tokenskip", match_ratio=0.4)
+    assert ts.ratios == (0.4,) and ts.match
+    with pytest.raises(ValueError, match="not both"):
+        method_config("spirit", ratio=0.5, match_ratio=0.4)
+    with pytest.raises(ValueError, match="not both"):
+        method_config("tokenskip", match_ratio=0.4, tokenskip_ratios=(0.5, 1.0))

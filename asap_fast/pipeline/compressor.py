@@ -97,8 +97,8 @@ def method_config(method: str, *, budget: int | None = None, ratio: float | None
         raise ValueError(f"{foreign[0]} is not an option of method {method!r} "
                          f"(its options: {', '.join(METHOD_OPTIONS[method]) or 'none'})")
     if sum(x is not None for x in (budget, ratio, match_ratio)) > 1:
-        raise ValueError(f"give one of budget, ratio and match_ratio (got budget={budget!r}, ratio={ratio!r}, "
-                         f"match_ratio={match_ratio!r})")
+        raise ValueError(f"give one of budget, ratio and match_ratio, not both (got budget={budget!r}, "
+                         f"ratio={ratio!r}, match_ratio={match_ratio!r})")
     if method == "asap":
         if match_ratio is not None:  # the budget searched per row (asap_fast.stage2.matching)
             return PruneConfig(budget=None, ratio=match_ratio, match=True, mode=given.get("mode", "global"),
