@@ -203,7 +203,8 @@ class Compressor:
                    classifier baselines use only its tokenizer, to count tokens.
     budget, ratio: the target, as in the CLI (asap: budget 4096 by default; baselines: ratio 0.5)
     match_ratio:   ``--match-ratio``: the method's knob searched per row to keep this fraction of the
-                   tokens (docs/methods.md); the rows' ``match_knob`` is not an output column yet
+                   tokens (docs/methods.md); a matched row's ``match_knob`` comes as an extra
+                   column, not declared in OUTPUT_FIELDS yet
     think_field, task, mode, steps_per_round: as `asap fine`'s options
     device, dtype, max_length, batch_tokens: where and how the scorer runs (ScorerSpec)
     threads:       torch's CPU thread count, set when the scorer loads (CPU scores can differ in the
