@@ -294,7 +294,7 @@ def tiny_token_classifier(path, family: str = "xlm-roberta-large", *, texts: Ite
 
 
 def trace_case(record: dict, *, max_chars: int | None = None, max_prompt_chars: int | None = None):
-    """(prefix, steps) of stage 2 for one record of ../shared/data/cot-traces.jsonl (or any row
+    """(prefix, steps) of stage 2 for one record of the bundled traces (asap_fast.data) (or any row
     with ``generation`` and optional ``prompt``), optionally shortened to fit tiny models.
 
     prefix = prompt + "\\n<think>\\n" (the paper's context; a prompt given as chat messages is

@@ -1,7 +1,7 @@
 """Stage-1 alignment check on real traces: asap_fast vs difflib (the reference) and its peers.
 
 Every engine runs the same reference scan (asap_fast.core.matching.align_steps_ref) over the same
-simulated LLM compressions of ../shared/data/cot-traces.jsonl; only the similarity function
+simulated LLM compressions of the bundled traces (asap_fast/data/cot-traces.jsonl.gz); only the similarity function
 differs. Reports time per corpus pass, section pairs/s, the speed ratio to every peer and how many
 accept/reject decisions each engine flips relative to difflib.
 
@@ -43,7 +43,7 @@ from _common import (  # noqa: E402
 import asap_fast as af  # noqa: E402
 from asap_fast.core.matching import align_steps_ref  # noqa: E402
 
-DEFAULT_TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cot-traces.jsonl"
+from asap_fast.data import COT_TRACES as DEFAULT_TRACES, iter_jsonl  # noqa: E402
 
 
 # The measurement lives in the package (asap_fast/bench/align.py, also `asap bench align`).
@@ -62,16 +62,15 @@ def random_text(rng: random.Random, n: int, alphabet: str) -> str:
 def real_thinking(n: int) -> str:
     """The thinking texts of the real traces, concatenated and repeated up to n characters."""
     parts, total = [], 0
-    with DEFAULT_TRACES.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                think = af.parse_trace(json.loads(line)["generation"], require_code=False).think
-            except af.TraceError:
-                continue
-            parts.append(think)
-            total += len(think) + 2
-            if total >= n:
-                break
+    for record in iter_jsonl(DEFAULT_TRACES):
+        try:
+            think = af.parse_trace(record["generation"], require_code=False).think
+        except af.TraceError:
+            continue
+        parts.append(think)
+        total += len(think) + 2
+        if total >= n:
+            break
     text = "\n\n".join(parts)
     while len(text) < n:
         text = text + "\n\n" + text

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_corpus.py [--traces N] [--max-chars C] [--ray]
 
-Measures, on the first N traces of ../shared/data/cot-traces.jsonl (thinking cut to C characters)
+Measures, on the first N traces of the bundled traces (asap_fast/data/cot-traces.jsonl.gz) (thinking cut to C characters)
 with a small random Qwen2-style model on disk:
   pipeline     `asap fine` in process (read, score, prune, write, commit): traces/s, trace tokens/s
   parts        tokenization (encode_trace), scorer forward+gather (score_batch), pruning
@@ -27,12 +27,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cot-traces.jsonl"
+from asap_fast.data import COT_TRACES as DATA  # noqa: E402
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=Path(os.environ.get("ASAP_TRACES", DATA)))
+    p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--traces", type=int, default=48)
     p.add_argument("--max-chars", type=int, default=12000, help="thinking cut to this many characters")
     p.add_argument("--hidden", type=int, default=256)

@@ -1,7 +1,7 @@
-"""Benchmark the compression methods side by side on the shared traces, and SPIRIT's cached scoring
+"""Benchmark the compression methods side by side on the bundled real traces, and SPIRIT's cached scoring
 against its naive loop.
 
-Part 1, methods: the same real traces (../shared/data, code and math, each cut to its leading
+Part 1, methods: the same real traces (asap_fast/data, code and math, each cut to its leading
 steps within --max-chars, prefix = prompt + "\\n<think>\\n") through each method's stage, as
 `asap compress --method` runs it, one trace per call:
   asap               stage 2 (first-token surprisal, global rule) at --ratio
@@ -27,7 +27,6 @@ kernels (reuse_cache=False: K + 1 full forwards) vs the definition written plain
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -39,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import append_rows, make_row, percentiles, print_table  # noqa: E402
 
-TRACES = Path(__file__).resolve().parents[2] / "shared" / "data" / "cot-traces.jsonl"
+from asap_fast.data import COT_TRACES as TRACES, read_cot_traces  # noqa: E402
 
 
 def load_rows(path: Path, count: int, max_chars: int) -> list[dict]:
@@ -47,7 +46,7 @@ def load_rows(path: Path, count: int, max_chars: int) -> list[dict]:
     steps within max_chars, as rows that `asap compress` reads."""
     from asap_fast.testing import trace_case
 
-    records = [json.loads(line) for line in path.open(encoding="utf-8")]
+    records = read_cot_traces(path)
     records = [r for r in records if "</think>" in r["generation"] and isinstance(r.get("prompt"), str)]
     step = max(1, len(records) // count)
     rows = []
@@ -86,7 +85,7 @@ def stages(args, tmp: Path) -> dict:
     }
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(tmp / "tiktoken"))
     seed_tiktoken_cache()
-    texts = [json.loads(line)["generation"] for line in TRACES.open(encoding="utf-8")][::5]
+    texts = [r["generation"] for r in read_cot_traces()][::5]
     classifier = str(tiny_token_classifier(tmp / "tiny-xlm-roberta-large", texts=texts, hidden=64))
     compressor = LLMLingua2Compressor(classifier, device="cpu")
     lingua = LLMLingua2Config(model=classifier, target=target)

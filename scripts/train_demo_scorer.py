@@ -75,29 +75,26 @@ CONNECTORS = ("So", "Then", "Now")
 # ------------------------------------------------------------------------------------------------
 
 
-def load_traces(path: str) -> list[dict]:
+def load_traces(path: str | None) -> list[dict]:
     """Rows with id, prefix (prompt + "\\n<think>\\n"), think, text, complete (has </think>)."""
     import asap_fast as af
+    from asap_fast.data import read_cot_traces
 
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            gen = r["generation"]
-            try:
-                think = af.parse_trace(gen, require_code=False).think
-                complete = True
-            except af.TraceError:
-                at = gen.find("<think>")
-                think = (gen[at + len("<think>"):] if at >= 0 else gen).strip()
-                complete = False
-            if not think:
-                continue
-            prefix = prompt_text(r.get("prompt")) + THINK_PREFIX
-            rows.append({"id": str(r["id"]), "prefix": prefix, "think": think, "text": prefix + think,
-                         "complete": complete, "kind": r.get("kind", "")})
+    for r in read_cot_traces(path):
+        gen = r["generation"]
+        try:
+            think = af.parse_trace(gen, require_code=False).think
+            complete = True
+        except af.TraceError:
+            at = gen.find("<think>")
+            think = (gen[at + len("<think>"):] if at >= 0 else gen).strip()
+            complete = False
+        if not think:
+            continue
+        prefix = prompt_text(r.get("prompt")) + THINK_PREFIX
+        rows.append({"id": str(r["id"]), "prefix": prefix, "think": think, "text": prefix + think,
+                     "complete": complete, "kind": r.get("kind", "")})
     return rows
 
 
@@ -489,7 +486,7 @@ Reproduce: the command above (same torch build, CPU and thread count for bit-ide
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="/work/shared/data/cot-traces.jsonl", help="traces JSONL (prompt, generation, id)")
+    p.add_argument("--data", default=None, help="traces JSONL or .jsonl.gz (prompt, generation, id); default: the bundled traces")
     p.add_argument("--out", default="asap_fast/scorers/demo", help="output model directory")
     p.add_argument("--steps", type=int, default=500, help="optimizer steps")
     p.add_argument("--time-budget", type=float, default=1900.0,
@@ -627,7 +624,7 @@ def main(argv=None) -> int:
         "train_tokens": train_tokens, "heldout_tokens": held_tokens, "chars_per_token": chars_per_token,
         "n_rows": len(rows), "n_train": len(train_rows), "n_heldout": len(held_rows),
         "n_incomplete": sum(not r["complete"] for r in rows), "heldout_ids": [r["id"] for r in held_rows],
-        "data": os.path.basename(args.data), "steps_done": steps_done, "tokens_seen": tokens_seen,
+        "data": os.path.basename(args.data) if args.data else "cot-traces.jsonl", "steps_done": steps_done, "tokens_seen": tokens_seen,
         "wall_s": wall, "train_s": train_s, "machine": f"{platform.machine()} CPU, torch {torch.__version__}",
         "budget_note": ("**The time budget stopped training early: this run is not reproducible.**" if budget_hit
                         else f"All {args.steps} steps ran (the {args.time_budget:.0f} s safety budget was not hit)."),

@@ -68,7 +68,7 @@ def test_split_bad_rows_become_rejects(tmp_path):
         rows = [json.loads(line) for line in f]
     assert [r["id"] for r in rows] == ["ok", "math"]
     assert rows[0]["steps"] == ["a", "b"] and rows[0]["code"] == "x\n"  # the block as captured
-    rejects = [json.loads(line) for line in (tmp_path / "out.rejects.jsonl").read_text().splitlines()]
+    rejects = [json.loads(line) for line in (tmp_path / "out.jsonl.gz.rejects.jsonl").read_text().splitlines()]
     assert [(r["id"], r["stage"]) for r in rejects] == [("line:2", "split"), ("line:3", "split"), ("7", "split"), ("num", "split")]
     assert rejects[0]["error"].startswith("malformed JSON")
     assert rejects[1]["error"] == "a row must be a JSON object, got list"

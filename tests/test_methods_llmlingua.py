@@ -134,7 +134,7 @@ def test_stage_output(classifiers, traces, counter):
     stage = LLMLingua2Stage(classifiers["xlm-roberta-large"], counter, LLMLingua2Config(
         model=classifiers["xlm-roberta-large"].model, target=Target(ratio=0.5)))
     for steps in cases(traces, 4000):
-        out = stage.process([row(steps, id="a")])[0]
+        out = list(stage.process([row(steps, id="a")]))[0]
         assert not isinstance(out, Exception), out
         direct = classifiers["xlm-roberta-large"].compress_steps(steps, 0.5)
         assert out["pruned_think"] == "\n\n".join(s for s in direct.steps if s)
@@ -146,7 +146,7 @@ def test_stage_output(classifiers, traces, counter):
     whole = LLMLingua2Stage(classifiers["xlm-roberta-large"], counter, LLMLingua2Config(
         model=classifiers["xlm-roberta-large"].model, target=Target(budget=10**6)))
     steps = cases(traces, 2000)[0]
-    out = whole.process([row(steps)])[0]
+    out = list(whole.process([row(steps)]))[0]
     assert out["pruned_think"] == "\n\n".join(steps) and out["kept_words"] is None
 
 
@@ -182,7 +182,8 @@ def test_ratio_draw_is_per_row_deterministic_and_uniform():
 
 def test_training_format():
     assert tokenskip_prompt("What is 2+2?", 0.5) == "What is 2+2?<|eot_id|>0.5<|eot_id|>"
-    assert tokenskip_prompt("Q", 1, "|") == "Q|1.0|"
+    assert tokenskip_prompt("Q", 1, "|") == "Q"  # the authors write no ratio at 1.0
+    assert tokenskip_prompt("Q", 0.9, "|") == "Q|0.9|"
     messages = tokenskip_messages("Q", 0.7, "a\n\nb", "Answer.")
     assert messages == [{"role": "user", "content": "Q<|eot_id|>0.7<|eot_id|>"},
                         {"role": "assistant", "content": "<think>\na\n\nb\n</think>\nAnswer."}]
@@ -197,7 +198,7 @@ def test_tokenskip_stage_compresses_at_the_drawn_ratio(classifiers, traces, coun
     config = TokenSkipConfig(llmlingua=LLMLingua2Config(model=compressor.model), ratios=(0.5, 0.8, 1.0), seed=3)
     stage = TokenSkipStage(compressor, counter, config)
     rows = [row(steps, id=f"t{i}") for i, steps in enumerate(cases(traces, 3000))]
-    outs = stage.process(rows)
+    outs = list(stage.process(rows))
     for r, out in zip(rows, outs):
         assert not isinstance(out, Exception), out
         ratio = draw_ratio(r, config.ratios, 3)
@@ -208,7 +209,9 @@ def test_tokenskip_stage_compresses_at_the_drawn_ratio(classifiers, traces, coun
         else:
             direct = compressor.compress_steps(steps, ratio)
             assert out["pruned_think"] == "\n\n".join(s for s in direct.steps if s)
-        assert out["messages"][0] == {"role": "user", "content": f"Solve it.<|eot_id|>{ratio!r}<|eot_id|>"}
+        # TokenSkip's own format: the ratio after the question only below 1.0
+        expected = "Solve it." if ratio >= 1.0 else f"Solve it.<|eot_id|>{ratio!r}<|eot_id|>"
+        assert out["messages"][0] == {"role": "user", "content": expected}
     assert len({o["tokenskip_ratio"] for o in outs}) > 1
 
 
@@ -219,7 +222,7 @@ def test_tokenskip_rows_train_with_the_ratio_in_the_prompt(classifiers, traces, 
     compressor = classifiers["xlm-roberta-large"]
     stage = TokenSkipStage(compressor, counter, TokenSkipConfig(llmlingua=LLMLingua2Config(model=compressor.model),
                                                                 ratios=(0.6,)))
-    out = stage.process([row(cases(traces, 2000)[0], id="s")])[0]
+    out = list(stage.process([row(cases(traces, 2000)[0], id="s")]))[0]
     tokenizer = tiny_tokenizer(vocab_size=800)
     ensure_chat_template(tokenizer, "r1")
     prompt, completion = split_prompt_completion(out["messages"], tokenizer)

@@ -110,7 +110,7 @@ def test_stage_equals_plain_restatement(unit, keep, tokenizer, cases):
                                   SelectiveContextConfig(target=Target(ratio=keep), unit=unit))
     for prefix, text in cases:
         record = {"prompt": prefix[: -len("\n<think>\n")], "generation": f"<think>\n{text}\n</think>\nok", "kind": "math"}
-        out = stage.process([record])[0]
+        out = list(stage.process([record]))[0]
         assert not isinstance(out, Exception), out
         ends = token_units_plain(tokenizer, prefix, text) if unit == "token" else sentence_unit_ends(text).tolist()
         assert out["pruned_think"] == plain_selective_context(model, tokenizer, prefix, text, ends, keep)
@@ -153,7 +153,7 @@ def test_budget_that_fits_keeps_the_thinking_and_missing_spacy_pipeline_is_one_l
     model = tiny_causal_lm(len(tokenizer), hidden=32, layers=1, max_position_embeddings=16384)
     stage = SelectiveContextStage(SurprisalScorer(model, tokenizer), SelectiveContextConfig(target=Target(budget=10**6)))
     prefix, text = cases[0]
-    out = stage.process([{"prompt": "q", "generation": f"<think>\n{text}\n</think>\nok", "kind": "math"}])[0]
+    out = list(stage.process([{"prompt": "q", "generation": f"<think>\n{text}\n</think>\nok", "kind": "math"}]))[0]
     assert out["pruned_think"] == text and out["kept_spans"] == [[0, len(text)]]
     with pytest.raises(ValueError, match="spaCy"):
         SelectiveContextStage(SurprisalScorer(model, tokenizer),

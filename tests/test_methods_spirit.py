@@ -59,6 +59,7 @@ def plain_ppl(model, tokenizer, prefix: str, steps: list[str]) -> float:
     return math.exp(nll / count) if count else math.inf
 
 
+@pytest.mark.slow  # full [T, V] fp64 logits per variant
 @pytest.mark.parametrize("tok_name", ["qwen2", "bos"])
 def test_cached_equals_naive_loop_and_definition_in_float64(tok_name, tokenizers, cases):
     tokenizer = tokenizers[tok_name]
@@ -130,7 +131,7 @@ def test_stage_prunes_by_the_global_rule_at_half(tokenizers, cases):
     model = model_for(tokenizer)
     stage = SpiritStage(SurprisalScorer(model, tokenizer))
     for prefix, steps in cases:
-        out = stage.process([record_of(prefix, steps, id="x")])[0]
+        out = list(stage.process([record_of(prefix, steps, id="x")]))[0]
         assert not isinstance(out, Exception), out
         importance = spirit_scores_ref(model, tokenizer, prefix, steps).importance
         assert out["kept_steps"] == prune_steps_ref(steps, importance, tokenizer, ratio=0.5)
@@ -150,7 +151,7 @@ def test_stage_budget_that_fits_scores_nothing_and_bad_rows_are_rejects(tokenize
     tokenizer = tokenizers["qwen2"]
     stage = SpiritStage(CountingScorer(model_for(tokenizer), tokenizer), SpiritConfig(target=Target(budget=10**6)))
     prefix, steps = cases[0]
-    out, bad = stage.process([record_of(prefix, steps), {"prompt": "p", "generation": "<think>\ncut"}])
+    out, bad = list(stage.process([record_of(prefix, steps), {"prompt": "p", "generation": "<think>\ncut"}]))
     assert out["kept_steps"] == list(range(len(steps))) and out["step_importance"] is None
     assert out["tokens_after"] == out["tokens_before"] and stage.scorer.fed == 0
     assert bad.stage == "spirit" and "</think>" in str(bad)

@@ -5,8 +5,6 @@ choose only among the listed configurations. A representative subset compiles in
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -16,8 +14,6 @@ from asap_fast.ops import aot  # noqa: E402
 from asap_fast.ops._dispatch import TRITON_INTERPRETED  # noqa: E402
 
 pytestmark = pytest.mark.skipif(TRITON_INTERPRETED, reason="compiles real kernels: not under TRITON_INTERPRET")
-# The full compile takes minutes: CI runs it as `ASAP_AOT_FULL=1 pytest -m aot_full tests/test_ops_aot.py`.
-full_compile = pytest.mark.skipif(not os.environ.get("ASAP_AOT_FULL"), reason="set ASAP_AOT_FULL=1 (CI)")
 
 # One of each kernel and each dtype / precision at the largest and smallest row blocks, where
 # register pressure is highest (128 rows) and where the tiles are smallest (16 rows).
@@ -80,7 +76,6 @@ def test_representative_specs_compile_clean(arch, pattern):
 
 
 @pytest.mark.aot_full
-@full_compile
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_every_spec_compiles_clean(arch):
     failures = []
@@ -92,7 +87,6 @@ def test_every_spec_compiles_clean(arch):
 
 
 @pytest.mark.aot_full
-@full_compile
 def test_every_spec_compiles_for_sm_100():
     # Reported, not enforced: spills on sm_100 are listed (asap bench ops --aot --arch sm_100).
     for spec in aot.aot_specs("sm_100"):

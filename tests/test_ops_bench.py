@@ -4,7 +4,6 @@ benchmarks/*.py scripts wrap, run for real on small sizes: the table, the tidy C
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +14,6 @@ from asap_fast.bench.common import FIELDS
 from asap_fast.cli import main as asap
 
 ROOT = Path(__file__).resolve().parents[1]
-# The installed package cannot know where the checkout's ../shared is: the tests name the traces.
-TRACES = os.environ.get("ASAP_TRACES", str(ROOT.parent / "shared" / "data" / "cot-traces.jsonl"))
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -45,7 +42,7 @@ def test_bench_ops_prints_the_table_and_appends_rows(tmp_path, capsys, one_torch
 
 def test_bench_align_matches_difflib_on_real_traces(tmp_path, capsys):
     out = tmp_path / "rows.csv"
-    assert asap(["bench", "align", "--traces", TRACES, "--limit", "6", "--repeats", "1", "--only", "difflib",
+    assert asap(["bench", "align", "--limit", "6", "--repeats", "1", "--only", "difflib",
                  "--csv", str(out)]) == 0
     rows = read_csv(out)
     flips = {r["provider"]: float(r["p50"]) for r in rows if r["metric"] == "decision_flips_vs_difflib"}
@@ -53,9 +50,10 @@ def test_bench_align_matches_difflib_on_real_traces(tmp_path, capsys):
     assert "6 traces" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # four model processes; CI also runs `asap bench stage2` itself
 def test_bench_stage2_side_by_side_on_a_tiny_model(tmp_path, capsys):
     out = tmp_path / "rows.csv"
-    assert asap(["bench", "stage2", "--traces", TRACES, "--tokens", "300", "--vocab", "1024", "--tokenizer-vocab",
+    assert asap(["bench", "stage2", "--tokens", "300", "--vocab", "1024", "--tokenizer-vocab",
                  "1024", "--hidden", "32", "--heads", "2", "--kv-heads", "1", "--intermediate", "64", "--layers", "1", "--reps", "2",
                  "--threads", "1", "--providers", "asap_fast,reference,backbone", "--batch", "2",
                  "--batch-tokens", "200", "--csv", str(out)]) == 0

@@ -13,6 +13,7 @@ import pytest
 
 from asap_fast.core.errors import RowError
 from asap_fast.pipeline.engine import CorpusWriter, Interrupted, RunOptions, run_corpus
+from asap_fast.pipeline.records import rejects_path
 
 
 def opts(**kw):
@@ -51,7 +52,7 @@ def test_uninterrupted_run(tmp_path, suffix):
     make_input(src)
     summary = run_corpus(src, out, stage="t", process=process, options=opts(batch=8))
     assert summary.rows == 200 and summary.written + summary.rejected == 200
-    rejects = [json.loads(line) for line in read_lines(tmp_path / "out.rejects.jsonl")]
+    rejects = [json.loads(line) for line in read_lines(rejects_path(out))]
     assert {r["error"] for r in rejects} >= {"empty generation", "missing field 'generation'"}
     assert any(r["error"].startswith("malformed JSON") and r["id"].startswith("line:") for r in rejects)
     assert len(read_lines(out)) == summary.written
@@ -93,7 +94,7 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path, suffix, kill_at):
     assert summary.resumed_from + summary.rows == 200
     assert (summary.resumed_from > 0) == (kill_at > 1)  # every batch before the kill was committed
     assert read_lines(out) == read_lines(clean)
-    assert read_lines(out.parent / "out.rejects.jsonl") == read_lines(clean.parent / "out.rejects.jsonl")
+    assert read_lines(rejects_path(out)) == read_lines(rejects_path(clean))
 
 
 def test_resume_skips_committed_rows(tmp_path):
@@ -237,7 +238,7 @@ def test_parts_with_different_schemas_combine(tmp_path, out_name):
 def _clean_run(tmp_path, src):
     clean = tmp_path / "clean" / "out.jsonl"
     run_corpus(src, clean, stage="t", process=process, options=opts(batch=8))
-    return read_lines(clean), read_lines(clean.parent / "out.rejects.jsonl")
+    return read_lines(clean), read_lines(rejects_path(clean))
 
 
 def _committed_rows(out):
@@ -264,11 +265,11 @@ def test_interrupt_just_after_the_progress_file_is_replaced_writes_no_row_twice(
     with pytest.raises(Interrupted):
         run_corpus(src, out, stage="t", process=process, options=opts(batch=8, commit_seconds=0.0))
     monkeypatch.setattr(engine, "_fsync_dir", real_fsync_dir)
-    lines, rejects = read_lines(out), read_lines(tmp_path / "out.rejects.jsonl")
+    lines, rejects = read_lines(out), read_lines(rejects_path(out))
     assert len(lines) + len(rejects) == _committed_rows(out)
     assert len({json.loads(line)["id"] for line in lines}) == len(lines), "a row was committed twice"
     run_corpus(src, out, stage="t", process=process, options=opts(batch=8))
-    assert (read_lines(out), read_lines(tmp_path / "out.rejects.jsonl")) == expected
+    assert (read_lines(out), read_lines(rejects_path(out))) == expected
 
 
 def test_failed_progress_write_writes_no_row_twice(tmp_path, monkeypatch):
@@ -297,7 +298,7 @@ def test_failed_progress_write_writes_no_row_twice(tmp_path, monkeypatch):
     lines = read_lines(out)
     assert len({json.loads(line)["id"] for line in lines}) == len(lines), "a row was committed twice"
     run_corpus(src, out, stage="t", process=process, options=opts(batch=8))
-    assert (read_lines(out), read_lines(tmp_path / "out.rejects.jsonl")) == expected
+    assert (read_lines(out), read_lines(rejects_path(out))) == expected
 
 
 def test_rows_that_cannot_be_encoded_become_rejects(tmp_path):
@@ -311,7 +312,7 @@ def test_rows_that_cannot_be_encoded_become_rejects(tmp_path):
                          process=lambda records: [{**r, "x": "\ud800" if r["id"] == "r1" else "ok"} for r in records])
     assert summary.written == 2 and summary.rejected == 1
     assert [json.loads(line)["id"] for line in read_lines(out)] == ["r0", "r2"]
-    (reject,) = [json.loads(line) for line in (tmp_path / "out.rejects.jsonl").read_bytes().decode().splitlines()]
+    (reject,) = [json.loads(line) for line in (rejects_path(out)).read_bytes().decode().splitlines()]
     assert reject == {"id": "r1", "stage": "t",
                       "error": "text with a lone surrogate ('\\ud800') cannot be written as UTF-8"}
 

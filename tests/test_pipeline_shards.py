@@ -137,17 +137,30 @@ def test_merge_refuses_incomplete_missing_or_misordered_shards(corpus, tmp_path,
     assert out.read_bytes() == whole.read_bytes()
 
 
+@pytest.mark.ray  # a local Ray runtime: the Ray tier
 def test_ray_two_cpu_actors_equal_the_plain_run(corpus, tmp_path, model_dir, monkeypatch):
     ray = pytest.importorskip("ray")
     # Ray puts the driver's working directory on its workers' sys.path: start them outside the
     # checkout so they import the installed package (with its compiled core), not the source tree.
     monkeypatch.chdir(tmp_path)
+    import torch
+
+    # The driver computes with more threads than the CPU share an actor is scheduled with (1 of 2);
+    # with this model 2 threads' sums differ from 1 thread's in the last bits (4 of 18 rows when
+    # the actors used their share), so the actors must compute with the driver's count.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
     plain, viaray = tmp_path / "plain.jsonl", tmp_path / "ray.jsonl"
-    fine(corpus, plain, model_dir)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
-        fine(corpus, viaray, model_dir, "--ray", "--ray-actors", "2", "--ray-chunk", "12")
+        fine(corpus, plain, model_dir)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            fine(corpus, viaray, model_dir, "--ray", "--ray-actors", "2", "--ray-chunk", "12")
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        torch.set_num_threads(previous)
     assert viaray.read_bytes() == plain.read_bytes()
+    manifest = json.loads(plain.with_name("plain.jsonl.manifest.json").read_text())
+    assert manifest["options"]["scorer"]["cpu_threads"] == 2  # what decides the last bits on CPU
     assert (tmp_path / "ray.rejects.jsonl").read_bytes() == (tmp_path / "plain.rejects.jsonl").read_bytes()

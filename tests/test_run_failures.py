@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from asap_fast.pipeline.records import rejects_path
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "sample-traces.jsonl"
 ASAP = str(Path(sys.executable).parent / "asap")
 ENV = {k: v for k, v in os.environ.items() if k != "ASAP_DEBUG"}
@@ -67,11 +69,12 @@ def one_line(result) -> str:
 
 def run_files(out: Path) -> dict[str, bytes]:
     """Every file in OUT's folder, by name, with its bytes (what 'leaves OUT untouched' compares)."""
-    return {p.name: p.read_bytes() for p in sorted(out.parent.iterdir()) if p.is_file()}
+    # a lock file holds the pid of the last run that took it: not part of OUT's state
+    return {p.name: p.read_bytes() for p in sorted(out.parent.iterdir()) if p.is_file() and p.suffix != ".lock"}
 
 
 def outputs(out: Path) -> tuple[bytes, bytes]:
-    rejects = out.with_name(out.name.split(".")[0] + ".rejects.jsonl")
+    rejects = rejects_path(out)
     return out.read_bytes(), rejects.read_bytes()
 
 
@@ -110,7 +113,7 @@ def tear(out: Path) -> None:
     """What a kill in the middle of a write leaves: a partial line after the last commit."""
     with out.open("ab") as f:
         f.write(b'{"id": "torn", "gen')
-    rejects = out.with_name(out.name.split(".")[0] + ".rejects.jsonl")
+    rejects = rejects_path(out)
     with rejects.open("ab") as f:
         f.write(b'{"id": "torn-rej')
 
@@ -511,7 +514,7 @@ def test_bad_lines_become_rejects_and_no_valid_row_is_lost(tmp_path):
     gz.write_bytes(gzip.compress(src.read_bytes()))
     asap("split", gz, tmp_path / "gz.jsonl.gz", "--quiet", cwd=tmp_path, check=True)
     assert gzip.decompress((tmp_path / "gz.jsonl.gz").read_bytes()) == out.read_bytes()
-    assert (tmp_path / "gz.rejects.jsonl").read_bytes() == raw
+    assert (tmp_path / "gz.jsonl.gz.rejects.jsonl").read_bytes() == raw
 
 
 def test_truncated_gzip_keeps_every_complete_row_and_names_the_damage(tmp_path):

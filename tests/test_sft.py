@@ -227,6 +227,7 @@ def test_lora_run_saves_a_loadable_adapter(workspace, tmp_path):
     assert any("lora_A" in name for name, _ in model.named_parameters())
 
 
+@pytest.mark.slow  # two training processes
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(workspace, tmp_path):
     """The accelerate/torchrun path: 2 CPU processes with the same global batch reproduce the

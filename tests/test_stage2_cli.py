@@ -25,6 +25,9 @@ def asap(*args, check=True, cwd=None):
     return result
 
 
+R1_USER, R1_ASSISTANT = "<｜begin▁of▁sentence｜><｜User｜>", "<｜Assistant｜>"
+
+
 def test_fine_on_sample_corpus_matches_the_reference_rule(tmp_path, model_dir):
     out = tmp_path / "fine.jsonl"
     result = asap("fine", EXAMPLES, out, "--model", model_dir, "--budget", "300", "--batch", "4")
@@ -33,6 +36,8 @@ def test_fine_on_sample_corpus_matches_the_reference_rule(tmp_path, model_dir):
     # reference), beside the truncated trace.
     assert "asap fine: 20 rows (18 written, 2 rejected)" in result.stderr
     assert "rejected 1: the budget removes every step" in result.stderr
+    # 8 sample prompts are R1-rendered strings; one of them is the truncated trace
+    assert "prompts holding a rendered chat template: 7 " in result.stderr
     rejects = {r["id"]: r["error"] for r in map(json.loads, (tmp_path / "fine.rejects.jsonl").read_text().splitlines())}
     assert rejects["m500-math500_deepseek_r1-math500_0016"] == \
         "the budget removes every step: budget 300, 401 tokens in 1 steps"
@@ -48,6 +53,8 @@ def test_fine_on_sample_corpus_matches_the_reference_rule(tmp_path, model_dir):
         trace = af.parse_trace(row["generation"], require_code=row.get("kind", "code") == "code")
         steps = af.split_steps(trace.think)
         prompt = row["prompt"] if isinstance(row["prompt"], str) else "\n".join(m["content"] for m in row["prompt"])
+        if prompt.startswith(R1_USER) and prompt.endswith(R1_ASSISTANT):  # a rendered R1 prompt: its user content
+            prompt = prompt[len(R1_USER):-len(R1_ASSISTANT)]
         expected = first_token_surprisal(model, tokenizer, prompt + "\n<think>\n", steps)
         assert row["step_surprisal"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
         # the reference: the whole thinking counted (special tokens included); within the budget it
@@ -62,7 +69,7 @@ def test_fine_on_sample_corpus_matches_the_reference_rule(tmp_path, model_dir):
         assert row["kept_steps"] == kept
         assert af.split_steps(row["pruned_think"]) == [steps[k] for k in kept]
         assert row["tokens_after"] == len(tokenizer.encode(row["pruned_think"])) and kept and row["pruned_think"]
-        question = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
+        question = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": prompt}]
         assert row["messages"] == question + [
             {"role": "assistant", "content": "<think>\n" + row["pruned_think"] + "\n</think>\n" + trace.answer},
         ]

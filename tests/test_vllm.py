@@ -287,9 +287,7 @@ def test_bench_stage2_measures_vllm_beside_ours(tmp_path, capsys):
     import re
 
     out = tmp_path / "rows.csv"
-    traces = os.environ.get("ASAP_TRACES", str(Path(__file__).resolve().parents[2] / "shared" / "data" /
-                                               "cot-traces.jsonl"))
-    assert asap(["bench", "stage2", "--traces", traces, "--tokens", "600", "--vocab", "2048", "--tokenizer-vocab", "2048", "--hidden", "64",
+    assert asap(["bench", "stage2", "--tokens", "600", "--vocab", "2048", "--tokenizer-vocab", "2048", "--hidden", "64",
                  "--heads", "2", "--kv-heads", "1", "--intermediate", "128", "--reps", "1", "--providers",
                  "asap_fast,backbone,vllm", "--batch", "3", "--batch-tokens", "400", "--csv", str(out)]) == 0
     printed = capsys.readouterr().out

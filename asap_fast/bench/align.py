@@ -10,8 +10,6 @@ each engine flips relative to difflib.
 from __future__ import annotations
 
 import difflib
-import json
-import os
 import random
 import sys
 from dataclasses import dataclass
@@ -20,16 +18,15 @@ from pathlib import Path
 from asap_fast.bench.common import format_table, make_row, percentiles, time_fn
 from asap_fast.core.matching import align_steps, align_steps_batch, align_steps_ref
 from asap_fast.core.traces import TraceError, parse_trace
+from asap_fast.data import COT_TRACES, iter_jsonl
 from asap_fast.simulate import simulate_compression
 
 __all__ = ["AlignConfig", "count_comparisons", "engines", "load_pairs", "run"]
 
-DEFAULT_TRACES = Path(__file__).resolve().parents[3] / "shared" / "data" / "cot-traces.jsonl"
-
 
 @dataclass
 class AlignConfig:
-    traces: Path | None = None  # default: $ASAP_TRACES, else ../shared/data/cot-traces.jsonl
+    traces: Path | None = None  # .jsonl or .jsonl.gz; None: the 294 traces bundled with the package
     limit: int | None = None  # only the first N usable traces
     repeats: int = 3  # timed passes per engine (the slow peers too)
     workers: int = 2  # threads for the batch engine
@@ -37,8 +34,7 @@ class AlignConfig:
     only: list[str] | None = None  # run only these engines (and asap_fast, the base of the ratios)
 
     def __post_init__(self):
-        if self.traces is None:
-            self.traces = Path(os.environ.get("ASAP_TRACES", DEFAULT_TRACES))
+        self.traces = COT_TRACES if self.traces is None else Path(self.traces)
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
 
@@ -46,20 +42,19 @@ class AlignConfig:
 def load_pairs(path: Path, limit: int | None, seed: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     pairs = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            try:
-                think = parse_trace(json.loads(line)["generation"], require_code=False).think
-            except TraceError:
-                continue
-            if not think:  # nothing for stage 1 to compress (stage 1b rejects it)
-                continue
-            # A mix like real LLM output: some compressions keep paragraphs verbatim, some edit
-            # words, some invent a paragraph (which the check must reject).
-            compressed = simulate_compression(
-                think, rng, drop_word=rng.choice([0.0, 0.02, 0.1]), invent=rng.choice([0.0, 0.5])
-            )
-            pairs.append((think, compressed))
+    for record in iter_jsonl(path):
+        try:
+            think = parse_trace(record["generation"], require_code=False).think
+        except TraceError:
+            continue
+        if not think:  # nothing for stage 1 to compress (stage 1b rejects it)
+            continue
+        # A mix like real LLM output: some compressions keep paragraphs verbatim, some edit
+        # words, some invent a paragraph (which the check must reject).
+        compressed = simulate_compression(
+            think, rng, drop_word=rng.choice([0.0, 0.02, 0.1]), invent=rng.choice([0.0, 0.5])
+        )
+        pairs.append((think, compressed))
     return pairs[:limit]
 
 
@@ -109,7 +104,7 @@ def run(config: AlignConfig, *, log=print) -> list[dict]:
     import torch
 
     if not config.traces.exists():
-        raise FileNotFoundError(f"traces not found: {config.traces} (set --traces or ASAP_TRACES)")
+        raise FileNotFoundError(f"traces not found: {config.traces} ")
     pairs = load_pairs(config.traces, config.limit, config.seed)
     comparisons = count_comparisons(pairs)
     reference = [align_steps_ref(o, c) for o, c in pairs]

@@ -47,12 +47,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asap_fast.bench import STAGE2_PROVIDERS, common
+from asap_fast.data import COT_TRACES, read_cot_traces
 
 __all__ = ["PROVIDERS", "Stage2Config", "reference_stage2", "run"]
 
 PROVIDERS = STAGE2_PROVIDERS
-# The repository's traces, when running from a checkout next to ../shared.
-DEFAULT_TRACES = Path(__file__).resolve().parents[3] / "shared" / "data" / "cot-traces.jsonl"
 
 
 def vllm_installed() -> bool:
@@ -77,7 +76,7 @@ class Stage2Config:
     intermediate: int = 4864
     tied: bool = True
     tokenizer_vocab: int = 16384
-    traces: Path | None = None  # default: $ASAP_TRACES, else ../shared/data/cot-traces.jsonl
+    traces: Path | None = None  # .jsonl or .jsonl.gz; None: the 294 traces bundled with the package
     max_ref_gib: float = 8.0  # skip the reference when its two fp32 [T, V] tensors need more
     batch: int = 0  # traces in the throughput batch (0: no batch measurement)
     batch_tokens: int = 2048  # tokens of each batch trace at most
@@ -89,13 +88,12 @@ class Stage2Config:
         if unknown:
             raise ValueError(f"unknown providers {sorted(unknown)}; choose from {PROVIDERS}")
         if "vllm" in self.providers and not vllm_installed():
-            raise ValueError("provider vllm needs vLLM, which is not installed (README: vLLM on CPU)")
+            raise ValueError("provider vllm needs vLLM, which is not installed (docs/testing.md: vLLM on CPU)")
         if self.reps < 1 or self.warmup < 0 or self.batch < 0:
             raise ValueError("reps must be >= 1, warmup and batch >= 0")
         if self.threads is None:
             self.threads = os.cpu_count() or 1
-        if self.traces is None:
-            self.traces = Path(os.environ.get("ASAP_TRACES", DEFAULT_TRACES))
+        self.traces = COT_TRACES if self.traces is None else Path(self.traces)
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,21 +322,27 @@ def _usable(records):
             continue
 
 
-def pick_case(records, tokenizer, target: int):
-    """(prefix, steps, n_tokens, id) from the real trace with the fewest tokens >= target, cut to fit."""
-    best = None
+def pick_case(records, tokenizer, target: int, *, log=print):
+    """(prefix, steps, n_tokens, id) from the real trace with the fewest tokens >= target, cut to fit;
+    when no trace is that long, the longest trace whole (and ``log`` says so)."""
+    best = longest = None
     for record, (prefix, steps) in _usable(records):
         n = _n_tokens(tokenizer, prefix, steps)
         if n >= target and (best is None or n < best[2]):
             best = (prefix, steps, n, record["id"])
+        if longest is None or n > longest[2]:
+            longest = (prefix, steps, n, record["id"])
+    if longest is None:
+        raise ValueError("no usable trace (each needs a closed <think> block)")
     if best is None:
-        raise ValueError(f"no trace has {target} tokens or more")
+        log(f"no trace has {target} tokens; measuring the longest one instead ({longest[2]} tokens)")
+        best = longest
     prefix, steps, _, trace_id = best
     steps = _fit(tokenizer, prefix, steps, target)
     return prefix, steps, _n_tokens(tokenizer, prefix, steps), trace_id
 
 
-def pick_batch(records, tokenizer, count: int, max_tokens: int):
+def pick_batch(records, tokenizer, count: int, max_tokens: int, *, log=print):
     """The first ``count`` usable traces with at least ``max_tokens`` tokens, each cut to fit in them
     (a prompt longer than that cannot be cut and is passed over)."""
     cases = []
@@ -348,7 +352,10 @@ def pick_batch(records, tokenizer, count: int, max_tokens: int):
         cases.append((prefix, _fit(tokenizer, prefix, steps, max_tokens)))
         if len(cases) == count:
             return cases
-    raise ValueError(f"only {len(cases)} traces have {max_tokens} tokens or more; lower batch or batch_tokens")
+    if not cases:
+        raise ValueError(f"no trace has {max_tokens} tokens or more; lower batch_tokens")
+    log(f"only {len(cases)} traces have {max_tokens} tokens or more: the batch holds {len(cases)}, not {count}")
+    return cases
 
 
 def _run_group(spec: dict, tmp: Path, env: dict, log) -> dict | None:
@@ -370,8 +377,8 @@ def run(config: Stage2Config, *, log=print) -> list[dict]:
     from asap_fast.testing import tiny_causal_lm, tiny_tokenizer
 
     if not config.traces.exists():
-        raise FileNotFoundError(f"traces not found: {config.traces} (set --traces or ASAP_TRACES)")
-    records = [json.loads(line) for line in config.traces.open(encoding="utf-8")]
+        raise FileNotFoundError(f"traces not found: {config.traces}")
+    records = read_cot_traces(config.traces)
     tokenizer = tiny_tokenizer([r["generation"] for r in records], vocab_size=config.tokenizer_vocab)
     if len(tokenizer) > config.vocab:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the model's vocab {config.vocab}")
@@ -401,11 +408,11 @@ def run(config: Stage2Config, *, log=print) -> list[dict]:
         model_shape = (f"V={config.vocab},D={config.hidden},L={config.layers},tied={config.tied},ratio={config.ratio}")
         measurements = []
         for target in config.tokens:
-            prefix, steps, n_tokens, trace_id = pick_case(records, tokenizer, target)
+            prefix, steps, n_tokens, trace_id = pick_case(records, tokenizer, target, log=log)
             measurements.append(([(prefix, steps)], f"T={n_tokens},K={len(steps)},{model_shape},trace={trace_id}",
                                  n_tokens, 2 * n_tokens * config.vocab * 4 / 2**30))
         if config.batch:
-            cases = pick_batch(records, tokenizer, config.batch, config.batch_tokens)
+            cases = pick_batch(records, tokenizer, config.batch, config.batch_tokens, log=log)
             total = sum(_n_tokens(tokenizer, p, s) for p, s in cases)
             longest = max(_n_tokens(tokenizer, p, s) for p, s in cases)
             measurements.append((cases, f"batch={len(cases)},T<={config.batch_tokens},tokens={total},{model_shape}",

@@ -19,6 +19,7 @@ from asap_fast.cli import (
     compress,
     direct,
     eval,
+    experiment,
     fine,
     merge,
     report,
@@ -26,7 +27,7 @@ from asap_fast.cli import (
     split,
 )
 
-COMMANDS = (split, direct, coarse, fine, compress, merge, report, sft, eval, bench)
+COMMANDS = (split, direct, coarse, fine, compress, merge, report, sft, eval, experiment, bench)
 EXIT_INTERRUPTED = 130
 
 
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as e:  # noqa: BLE001 - every failure becomes one line (or a traceback with --debug)
         if debug or isinstance(e, SystemExit):
             raise
+        if isinstance(e, BrokenPipeError):  # `asap ... | head`: the reader left; not an error of ours
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            return 141
         message, code = describe(e)
         print(f"asap {args.command}: {message}", file=sys.stderr)
         return code

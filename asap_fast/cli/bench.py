@@ -103,7 +103,7 @@ def add(subparsers) -> None:
     s.add_argument("--untied", action="store_true", help="untied LM head (default: tied, like Qwen2.5-0.5B)")
     s.add_argument("--tokenizer-vocab", type=int, default=16384, help="vocab of the BPE trained on the traces")
     s.add_argument("--traces", type=Path, default=None,
-                   help="JSONL of traces (default: $ASAP_TRACES, else ../shared/data/cot-traces.jsonl)")
+                   help="JSONL (or .jsonl.gz) of traces (default: the 294 real traces bundled with the package)")
     s.add_argument("--max-ref-gib", type=float, default=8.0,
                    help="skip the reference when its two fp32 [T, V] tensors need more than this")
     s.add_argument("--batch", type=int, default=0, help="traces in a throughput batch (default: 0, none)")
@@ -122,7 +122,7 @@ def add(subparsers) -> None:
         example="asap bench align\nasap bench align --limit 50 --repeats 1",
     )
     a.add_argument("--traces", type=Path, default=None,
-                   help="JSONL with a generation field (default: $ASAP_TRACES, else ../shared/data/cot-traces.jsonl)")
+                   help="JSONL (or .jsonl.gz) with a generation field (default: the 294 real traces bundled with the package)")
     a.add_argument("--limit", type=int, default=None, help="use only the first N usable traces")
     a.add_argument("--repeats", type=int, default=3, help="timed passes per engine (the slow peers too)")
     a.add_argument("--workers", type=int, default=2, help="threads for the batch engine")

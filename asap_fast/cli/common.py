@@ -33,7 +33,7 @@ def ratio(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number in (0, 1], got {text!r}") from None
     if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1] (a fraction of each thinking's tokens), got {value:g}")
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (a fraction of each thinking's tokens), got {text}")
     return value
 
 
@@ -137,3 +137,9 @@ def print_summary(summary, quiet: bool) -> None:
     if not quiet:
         for line in summary.lines():
             print(line, file=sys.stderr)
+
+
+def report_complete(stage: str, output, rows: int) -> None:
+    """What a re-run of a finished run says instead of loading a model or starting a backend."""
+    print(f"asap {stage}: {output} is already complete: {rows} rows (nothing to do; --overwrite starts afresh)",
+          file=sys.stderr)

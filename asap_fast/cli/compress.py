@@ -14,6 +14,7 @@ from asap_fast.cli.common import (
     positive_int,
     print_summary,
     prune_config,
+    report_complete,
     run_options,
     scorer_spec,
     subparser,
@@ -192,7 +193,7 @@ def run_method(args, config) -> int:
     from asap_fast.methods import load_stage
     from asap_fast.methods.llmlingua2 import LLMLingua2Config
     from asap_fast.methods.tokenskip import TokenSkipConfig
-    from asap_fast.pipeline.engine import run_corpus
+    from asap_fast.pipeline.engine import check_resumable, run_corpus
     from asap_fast.pipeline.shards import shard_plan
 
     spec = scorer_spec(args)
@@ -202,6 +203,11 @@ def run_method(args, config) -> int:
         counting = {"scorer": spec.manifest()}
     manifest = {"method": args.method, **counting, args.method: config.manifest()}
     rows, meta = shard_plan(args.input, args.shard)
+    done = check_resumable(args.input, args.output, stage="compress", manifest_options=manifest, shard=args.shard,
+                           overwrite=args.overwrite)  # before the scorer loads
+    if done is not None:
+        report_complete("compress", args.output, done)
+        return 0
     stage = load_stage(config, spec, device=args.device, quiet=args.quiet)
     summary = run_corpus(args.input, args.output, stage="compress", process=stage.process,
                          options=run_options(args), manifest_options=manifest,
@@ -251,8 +257,11 @@ def run(args) -> int:
                         coarse_template=template_manifest(args.coarse_template), threshold=args.threshold,
                         metric=args.metric, max_attempts=args.max_attempts, snap_to_original=args.snap_to_original)
     manifest.update(scorer=spec.manifest(), prune=config.manifest())
-    check_resumable(args.input, args.output, stage="compress", manifest_options=manifest, shard=args.shard,
-                    overwrite=args.overwrite)  # before the LLM and the scorer load
+    done = check_resumable(args.input, args.output, stage="compress", manifest_options=manifest, shard=args.shard,
+                           overwrite=args.overwrite)  # before the LLM and the scorer load
+    if done is not None:
+        report_complete("compress", args.output, done)
+        return 0
     if not args.skip_coarse:
         backend = make_backend(args, args.output)
         direct = DirectStage(backend, direct_params, direct_template, args.reject_failed, prompt=args.prompt)

@@ -81,6 +81,9 @@ def add(subparsers) -> None:
     gen.add_argument("--tokenskip-ratio", type=float, default=None, metavar="R",
                      help="a TokenSkip model (trained on `asap compress --method tokenskip` rows): write ratio R "
                           "after the question, as in training (e.g. 0.6; 1.0 = no compression)")
+    gen.add_argument("--no-tokenskip-scale-budget", dest="tokenskip_scale_budget", action="store_false",
+                     help="with --tokenskip-ratio on a math benchmark: keep max_new_tokens as is (default: scaled "
+                          "by the ratio, as TokenSkip's evaluation.py does for math)")
     gen.add_argument("--tokenskip-separator", default="<|eot_id|>", metavar="S",
                      help="with --tokenskip-ratio: the separator around the ratio (default: <|eot_id|>, TokenSkip's)")
 
@@ -114,6 +117,7 @@ def run(args) -> int:
         trust_remote_code=args.trust_remote_code, tokenizer=args.tokenizer, extract=args.extract,
         save_generations=args.save_generations, tokenskip_ratio=args.tokenskip_ratio,
         tokenskip_separator=args.tokenskip_separator, subset=args.subset,
+        tokenskip_scale_budget=args.tokenskip_scale_budget,
     )
     log = (lambda msg: None) if args.quiet else (lambda msg: print(f"asap eval: {msg}", file=sys.stderr))
     try:

@@ -11,6 +11,7 @@ from asap_fast.cli.common import (
     add_stage2_options,
     print_summary,
     prune_config,
+    report_complete,
     run_options,
     scorer_spec,
     subparser,
@@ -60,8 +61,11 @@ def run(args) -> int:
     config, spec = prune_config(args), scorer_spec(args)
     rows, meta = shard_plan(args.input, args.shard)
     manifest = {"scorer": spec.manifest(), "prune": config.manifest()}
-    check_resumable(args.input, args.output, stage="fine", manifest_options=manifest, shard=args.shard,
-                    overwrite=args.overwrite)  # before the model loads
+    done = check_resumable(args.input, args.output, stage="fine", manifest_options=manifest, shard=args.shard,
+                           overwrite=args.overwrite)  # before the model loads
+    if done is not None:
+        report_complete("fine", args.output, done)
+        return 0
     make = functools.partial(make_fine_stage, spec, config, args.quiet)
     batch = args.batch
     if args.ray:

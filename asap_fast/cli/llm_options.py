@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from asap_fast.cli.common import non_negative_int, positive_int
+from asap_fast.cli.common import non_negative_int, positive_int, report_complete
 
 
 def add_backend_options(p: argparse.ArgumentParser, *, required: bool = True) -> None:
@@ -124,7 +124,10 @@ def run_llm_stage(args, name: str, make_stage, required: tuple[str, ...], manife
     from asap_fast.stage1.llm import LLMError
 
     manifest = {**backend_manifest(args), **manifest}
-    check_resumable(args.input, args.output, stage=name, manifest_options=manifest, overwrite=args.overwrite)
+    done = check_resumable(args.input, args.output, stage=name, manifest_options=manifest, overwrite=args.overwrite)
+    if done is not None:  # no backend is started for a finished run
+        report_complete(name, args.output, done)
+        return 0
     backend = make_backend(args, args.output)
     stage = make_stage(backend)
     try:

@@ -55,7 +55,9 @@ def run_comparison(args) -> int:
     stats = write_comparison(args.input, args.output, max_traces=args.max_traces, title=args.title)
     for s in stats:
         d = s.summary()
-        print(f"asap report: {d['label']}: {d['rows']:,} traces, compression {d['compression_ratio']:.3f}",
+        lacks = f", lacks {d['rows_missing']:,}" if d["rows_missing"] else ""
+        print(f"asap report: {d['label']}: {d['rows']:,} traces{lacks}; on the {d['shared_rows']:,} shared: "
+              f"compression {d['shared_compression_ratio']:.3f}, mean achieved ratio {d['mean_achieved_ratio']:.3f}",
               file=sys.stderr)
     print(f"wrote {Path(args.output).resolve()}")
     return 0

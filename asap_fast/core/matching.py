@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-import asap_fast._core as _core
+from asap_fast.core.compiled import core as _core
 
 METRICS = ("difflib", "indel")
 

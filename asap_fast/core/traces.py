@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import asap_fast._core as _core
+from asap_fast.core.compiled import core as _core
 
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
@@ -87,7 +87,7 @@ def step_source_texts(text: str) -> list[str]:
     and the whitespace inside it survive.
 
     Stage 2 writes kept steps this way: the reference writes them stripped, which flattens the
-    first line of an indented code step (see README, fidelity ledger).
+    first line of an indented code step (see docs/fidelity.md).
     """
     texts = []
     for start, end in _core.split_step_spans(text):

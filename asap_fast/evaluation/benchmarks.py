@@ -49,9 +49,8 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asap_fast.evaluation._sandbox_main import LCB_PRELUDE
 from asap_fast.evaluation.sandbox import SandboxJob, SandboxLimits, run_jobs
-from asap_fast.evaluation.verdict import (
+from asap_fast.evaluation.sandbox.judge import (
     CollectOutputs,
     OutputJudge,
     Trial,
@@ -59,6 +58,7 @@ from asap_fast.evaluation.verdict import (
     compare_lcb_call,
     compare_lcb_stdio,
 )
+from asap_fast.evaluation.sandbox.worker import LCB_PRELUDE
 
 __all__ = [
     "BENCHMARKS",

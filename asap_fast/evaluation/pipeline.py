@@ -51,6 +51,8 @@ class EvalConfig:
     save_generations: str | None = None
     tokenskip_ratio: float | None = None  # TokenSkip models: the ratio written after the question
     tokenskip_separator: str = "<|eot_id|>"
+    # TokenSkip's evaluation.py scales a math benchmark's max_new_tokens by the ratio (not code's)
+    tokenskip_scale_budget: bool = True
     subset: bool = False
 
     def validate(self) -> None:
@@ -116,6 +118,16 @@ def user_contents(cfg: EvalConfig, problems: list[Problem]) -> list[str]:
     return [tokenskip_prompt(p.prompt, cfg.tokenskip_ratio, cfg.tokenskip_separator) for p in problems]
 
 
+def tokenskip_max_new_tokens(cfg: EvalConfig, bench, max_new_tokens: int) -> int:
+    """A TokenSkip model on a math benchmark generates at most int(max_new_tokens * ratio) tokens, as
+    the authors' evaluation.py does for math (``tokenskip_scale_budget``, on by default)."""
+    from asap_fast.evaluation.math import MathBenchmark
+
+    if cfg.tokenskip_ratio is None or not cfg.tokenskip_scale_budget or not isinstance(bench, MathBenchmark):
+        return max_new_tokens
+    return max(1, int(max_new_tokens * cfg.tokenskip_ratio))
+
+
 def _generate(cfg: EvalConfig, problems: list[Problem], max_new_tokens: int, log) -> tuple[list[Sample], float, dict]:
     from asap_fast.evaluation.generate import build_prompt, load_generator
 
@@ -169,7 +181,7 @@ def run_eval(cfg: EvalConfig, *, log=None) -> dict:
         selected_by.append(f"--limit {cfg.limit}")
     if not problems:
         raise ValueError(f"no {bench.name} problems in {cfg.data} (after filters)")
-    max_new_tokens = cfg.max_new_tokens or bench.max_new_tokens
+    max_new_tokens = tokenskip_max_new_tokens(cfg, bench, cfg.max_new_tokens or bench.max_new_tokens)
     generation_wall, gen_info = None, {}
     if cfg.model is not None:
         samples, generation_wall, gen_info = _generate(cfg, problems, max_new_tokens, log)

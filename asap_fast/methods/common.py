@@ -4,8 +4,10 @@
 Every method writes the fields of ``asap fine`` (``pruned_think``, ``tokens_before``,
 ``tokens_after``, ``messages``) plus ``method`` and what it kept: ``kept_steps`` (step methods),
 ``kept_spans`` (Selective Context) or ``kept_words`` (LLMLingua-2, TokenSkip). Token counts are
-``len(tokenizer.encode(text))`` with one tokenizer for every method (the scorer's), the thinking
-counted as ``"\\n\\n".join(steps)`` as stage 2 counts it, so the methods' figures compare.
+``len(tokenizer.encode(text))`` with one tokenizer for every method (the scorer's): ``tokens_before``
+is :func:`thinking_tokens`, the count stage 2 (``asap fine``) and the reference use, of the stripped
+thinking as written (not of ``"\\n\\n".join(steps)``, which drops blank-line runs and indentation), so
+a row's ``tokens_before`` is the same for every method; ``achieved_ratio`` = tokens_after / tokens_before.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from asap_fast.core.errors import RowError
 from asap_fast.core.traces import TraceError, parse_trace, split_steps
 from asap_fast.stage2.fine import PROMPT_SUFFIX, TASKS, THINK_FIELDS, prompt_text, sft_messages
 
-__all__ = ["PreparedRow", "Target", "check_ids", "count_tokens", "encode_with_ends", "method_output", "prepare_row"]
+__all__ = ["PreparedRow", "Target", "check_ids", "count_tokens", "encode_with_ends", "thinking_tokens", "method_output", "prepare_row"]
 
 SEPARATOR = "\n\n"
 
@@ -32,6 +34,12 @@ class PreparedRow:
     prefix: str
     steps: list[str]
     answer: str
+    source: str = ""  # the stripped thinking as written: what tokens_before counts, and what a row kept whole writes
+
+    @property
+    def whole(self) -> str:
+        """The thinking written when a method keeps all of it (byte for byte, as stage 2 writes it)."""
+        return self.source or self.thinking
 
     @property
     def thinking(self) -> str:
@@ -57,10 +65,11 @@ def prepare_row(record: dict, *, think_field: str = "auto", task: str = "auto") 
     think = trace.think if field == "think" else record.get("coarse_think")
     if not isinstance(think, str):
         raise RowError(f"coarse_think must be str, not {type(think).__name__}")
+    think = think.strip()
     steps = split_steps(think)
     if not steps:
         raise RowError(f"no steps in {field}")
-    return PreparedRow(prompt + PROMPT_SUFFIX, steps, trace.answer)
+    return PreparedRow(prompt + PROMPT_SUFFIX, steps, trace.answer, think)
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,14 @@ class Target:
 def count_tokens(tokenizer, text: str) -> int:
     """``len(tokenizer.encode(text))``: what stage 2 compares with its budget."""
     return len(tokenizer.encode(text))
+
+
+def thinking_tokens(tokenizer, row: PreparedRow) -> int:
+    """``tokens_before`` of every method: ``len(tokenizer.encode(thinking))`` of the stripped thinking,
+    special tokens included, the count of stage 2 (stage2.pruning.thinking_budget) and the reference."""
+    from asap_fast.stage2.pruning import thinking_budget
+
+    return thinking_budget(tokenizer, row.whole, ratio=1.0)[0]
 
 
 def encode_with_ends(tokenizer, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -146,6 +163,7 @@ def method_output(record: dict, prompt, method: str, pruned: str, answer: str, t
         **fields,
         "tokens_before": tokens_before,
         "tokens_after": tokens_after,
+        "achieved_ratio": tokens_after / tokens_before if tokens_before else 1.0,
         "messages": sft_messages(prompt, pruned, answer),
     }
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from asap_fast.methods.common import (
     SEPARATOR,
     Target,
     count_tokens,
+    thinking_tokens,
     method_output,
     prepare_row,
     row_error,
@@ -205,10 +207,11 @@ class LLMLingua2Config:
 
 
 def compress_row(compressor: LLMLingua2Compressor, tokenizer, steps: list[str], keep: float | None,
-                 options: dict) -> tuple[str, list | None]:
-    """(pruned thinking, kept_words) of one thinking; keep None or 1: left whole (kept_words None)."""
+                 options: dict, whole: str | None = None) -> tuple[str, list | None]:
+    """(pruned thinking, kept_words) of one thinking; keep None or 1: left whole (kept_words None),
+    written as ``whole`` (the thinking as written) when given."""
     if keep is None or keep >= 1:
-        return SEPARATOR.join(steps), None
+        return (SEPARATOR.join(steps) if whole is None else whole), None
     out = compressor.compress_steps(steps, keep, **options)
     pruned = SEPARATOR.join(s for s in out.steps if s)
     if not pruned:
@@ -226,17 +229,21 @@ class LLMLingua2Stage:
     def __init__(self, compressor: LLMLingua2Compressor, tokenizer, config: LLMLingua2Config = LLMLingua2Config()):
         self.compressor, self.tokenizer, self.config = compressor, tokenizer, config
 
-    def process(self, records: list[dict]) -> list:
-        return [self._one(record) for record in records]
+    def process(self, records: list[dict]) -> Iterator:
+        """Each row's output or RowError, in order, yielded as it finishes (the run engine writes
+        and commits it then)."""
+        return (self._one(record) for record in records)
 
     def _one(self, record: dict):
         config = self.config
         try:
             row = prepare_row(record, think_field=config.think_field, task=config.task)
-            tokens_before = count_tokens(self.tokenizer, row.thinking)
+            tokens_before = thinking_tokens(self.tokenizer, row)
             keep = config.target.keep_fraction(tokens_before)
-            pruned, words = compress_row(self.compressor, self.tokenizer, row.steps, keep, config.compress_options())
+            pruned, words = compress_row(self.compressor, self.tokenizer, row.steps, keep, config.compress_options(),
+                                         row.whole)
         except (RowError, ValueError) as e:
             return row_error(e, METHOD)
+        tokens_after = tokens_before if words is None else count_tokens(self.tokenizer, pruned)
         return method_output(record, record["prompt"], METHOD, pruned, row.answer, tokens_before,
-                             count_tokens(self.tokenizer, pruned), kept_words=words)
+                             tokens_after, kept_words=words)

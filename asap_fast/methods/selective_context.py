@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,7 @@ from asap_fast.methods.common import (
     Target,
     check_ids,
     count_tokens,
+    thinking_tokens,
     encode_with_ends,
     method_output,
     prepare_row,
@@ -257,15 +259,17 @@ class SelectiveContextStage:
             return sentence_unit_ends(text)
         return phrase_unit_ends(text, self.nlp)
 
-    def process(self, records: list[dict]) -> list:
-        return [self._one(record) for record in records]
+    def process(self, records: list[dict]) -> Iterator:
+        """Each row's output or RowError, in order, yielded as it finishes (the run engine writes
+        and commits it then)."""
+        return (self._one(record) for record in records)
 
     def _one(self, record: dict):
         config = self.config
         try:
             row = prepare_row(record, think_field=config.think_field, task=config.task)
             text = row.thinking
-            tokens_before = count_tokens(self.scorer.tokenizer, text)
+            tokens_before = thinking_tokens(self.scorer.tokenizer, row)
             keep = config.target.keep_fraction(tokens_before)
             if keep is None:
                 unit_ends = np.asarray([len(text)], dtype=np.int64)
@@ -280,6 +284,10 @@ class SelectiveContextStage:
                 raise RowError(f"the target removes every unit: {tokens_before} tokens")
         except (RowError, ValueError) as e:
             return row_error(e, METHOD)
+        if bool(kept.all()):  # kept whole: the thinking as written, as stage 2 writes it
+            pruned, tokens_after = row.whole, tokens_before
+        else:
+            tokens_after = count_tokens(self.scorer.tokenizer, pruned)
         return method_output(record, record["prompt"], METHOD, pruned, row.answer, tokens_before,
-                             count_tokens(self.scorer.tokenizer, pruned), kept_spans=spans,
+                             tokens_after, kept_spans=spans,
                              units_kept=int(kept.sum()), units_total=len(unit_ends))

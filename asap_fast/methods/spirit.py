@@ -31,7 +31,7 @@ the definition written plainly with full fp64 log-softmax logits.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +42,7 @@ from asap_fast.methods.common import (
     Target,
     check_ids,
     count_tokens,
+    thinking_tokens,
     encode_with_ends,
     method_output,
     prepare_row,
@@ -211,8 +212,10 @@ class SpiritStage:
     def __init__(self, scorer, config: SpiritConfig = SpiritConfig(), *, reuse_cache: bool = True):
         self.scorer, self.config, self.reuse_cache = scorer, config, reuse_cache
 
-    def process(self, records: list[dict]) -> list:
-        return [self._one(record) for record in records]
+    def process(self, records: list[dict]) -> Iterator:
+        """Each row's output or RowError, in order, yielded as it finishes (the run engine writes
+        and commits it then)."""
+        return (self._one(record) for record in records)
 
     def _one(self, record: dict):
         from asap_fast.stage2.pruning import prune_steps_result
@@ -221,21 +224,25 @@ class SpiritStage:
         try:
             row = prepare_row(record, think_field=config.think_field, task=config.task)
             tokenizer = self.scorer.tokenizer
-            tokens_before = count_tokens(tokenizer, row.thinking)
+            tokens_before = thinking_tokens(tokenizer, row)
             target = config.target
             if target.budget is not None and tokens_before <= target.budget:
                 kept, importance, tokens_after = list(range(len(row.steps))), None, tokens_before
             else:
                 scores = spirit_scores(self.scorer, row.prefix, row.steps, reuse_cache=self.reuse_cache)
                 importance = scores.importance
-                result = prune_steps_result(row.steps, importance, tokenizer, max_tokens=target.budget,
-                                            ratio=target.ratio)
+                # the budget from the one count of the thinking (as stage 2: int(ratio * tokens_before))
+                budget = target.budget if target.ratio is None else int(target.ratio * tokens_before)
+                result = prune_steps_result(row.steps, importance, tokenizer, max_tokens=budget)
                 kept, tokens_after = result.kept, result.tokens_after
                 if not kept:
                     raise ValueError(f"the budget removes every step: {tokens_before} tokens in {len(row.steps)} steps")
         except (RowError, ValueError) as e:  # bad rows, over-long traces, id mismatches: one reject each
             return row_error(e, METHOD)
-        pruned = SEPARATOR.join(row.steps[k] for k in kept)
+        if len(kept) == len(row.steps):  # kept whole: the thinking as written, as stage 2 writes it
+            pruned, tokens_after = row.whole, tokens_before
+        else:
+            pruned = SEPARATOR.join(row.steps[k] for k in kept)
         return method_output(
             record, record["prompt"], METHOD, pruned, row.answer, tokens_before, tokens_after,
             step_importance=None if importance is None else [v if math.isfinite(v) else None for v in importance],

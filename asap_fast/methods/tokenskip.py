@@ -20,12 +20,13 @@ import hashlib
 import json
 import numbers
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from asap_fast.core.errors import RowError
-from asap_fast.methods.common import count_tokens, method_output, prepare_row, row_error
+from asap_fast.methods.common import count_tokens, method_output, thinking_tokens, prepare_row, row_error
 from asap_fast.methods.llmlingua2 import LLMLingua2Config, compress_row
-from asap_fast.stage2.fine import prompt_text
+from asap_fast.stage2.fine import prompt_messages, prompt_text
 
 __all__ = ["RATIOS", "SEPARATOR", "TokenSkipConfig", "TokenSkipStage", "draw_ratio", "tokenskip_messages",
            "tokenskip_prompt"]
@@ -42,19 +43,21 @@ def _check_ratio(ratio) -> float:
 
 
 def tokenskip_prompt(question: str, ratio: float, separator: str = SEPARATOR) -> str:
-    """TokenSkip's input: the question, then the ratio between two separators."""
-    return f"{question}{separator}{_check_ratio(ratio)!r}{separator}"
+    """TokenSkip's input: the question, then the ratio between two separators; at ratio 1.0 the
+    question alone (the authors' get_llamafactory_input.py and evaluation.py write the ratio only
+    when it is below 1, so a model is never trained on, nor asked with, "...{sep}1.0{sep}")."""
+    ratio = _check_ratio(ratio)
+    if ratio >= 1.0:
+        return question
+    return f"{question}{separator}{ratio!r}{separator}"
 
 
 def tokenskip_messages(prompt, ratio: float, pruned_think: str, answer: str, separator: str = SEPARATOR) -> list[dict]:
     """The SFT conversation: the ratio written after the question (after the last user message's
     content when the prompt is chat messages), then the compressed thinking and the answer."""
-    if isinstance(prompt, str):
-        question = [{"role": "user", "content": tokenskip_prompt(prompt, ratio, separator)}]
-    else:
-        question = [dict(m) for m in prompt]
-        last = max((i for i, m in enumerate(question) if m.get("role") == "user"), default=len(question) - 1)
-        question[last]["content"] = tokenskip_prompt(question[last]["content"], ratio, separator)
+    question = [dict(m) for m in prompt_messages(prompt)]
+    last = max((i for i, m in enumerate(question) if m.get("role") == "user"), default=len(question) - 1)
+    question[last]["content"] = tokenskip_prompt(question[last]["content"], ratio, separator)
     return question + [{"role": "assistant", "content": "<think>\n" + pruned_think + "\n</think>\n" + answer}]
 
 
@@ -102,19 +105,23 @@ class TokenSkipStage:
     def __init__(self, compressor, tokenizer, config: TokenSkipConfig = TokenSkipConfig()):
         self.compressor, self.tokenizer, self.config = compressor, tokenizer, config
 
-    def process(self, records: list[dict]) -> list:
-        return [self._one(record) for record in records]
+    def process(self, records: list[dict]) -> Iterator:
+        """Each row's output or RowError, in order, yielded as it finishes (the run engine writes
+        and commits it then)."""
+        return (self._one(record) for record in records)
 
     def _one(self, record: dict):
         config, lingua = self.config, self.config.llmlingua
         try:
             row = prepare_row(record, think_field=lingua.think_field, task=lingua.task)
             ratio = draw_ratio(record, config.ratios, config.seed)
-            tokens_before = count_tokens(self.tokenizer, row.thinking)
-            pruned, words = compress_row(self.compressor, self.tokenizer, row.steps, ratio, lingua.compress_options())
+            tokens_before = thinking_tokens(self.tokenizer, row)
+            pruned, words = compress_row(self.compressor, self.tokenizer, row.steps, ratio, lingua.compress_options(),
+                                         row.whole)
         except (RowError, ValueError) as e:
             return row_error(e, METHOD)
+        tokens_after = tokens_before if words is None else count_tokens(self.tokenizer, pruned)
         out = method_output(record, record["prompt"], METHOD, pruned, row.answer, tokens_before,
-                            count_tokens(self.tokenizer, pruned), tokenskip_ratio=ratio, kept_words=words)
+                            tokens_after, tokenskip_ratio=ratio, kept_words=words)
         out["messages"] = tokenskip_messages(record["prompt"], ratio, pruned, row.answer, config.separator)
         return out

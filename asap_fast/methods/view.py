@@ -12,7 +12,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from asap_fast.core.traces import TraceError, parse_trace, split_steps
+from asap_fast.core.traces import TraceError, parse_trace, split_steps, step_source_texts
 
 __all__ = ["KeptView", "kept_view", "method_of"]
 
@@ -47,16 +47,20 @@ def method_of(record: dict) -> str | None:
     return None
 
 
-def _candidates(record: dict) -> list[list[str]]:
+def _thinkings(record: dict) -> list[str]:
     out = []
     if isinstance(record.get("coarse_think"), str):
-        out.append(split_steps(record["coarse_think"]))
+        out.append(record["coarse_think"].strip())
     if isinstance(record.get("generation"), str):
         try:
-            out.append(split_steps(parse_trace(record["generation"], require_code=False).think))
+            out.append(parse_trace(record["generation"], require_code=False).think)
         except TraceError:
             pass
-    return [steps for steps in out if steps]
+    return [t for t in out if t]
+
+
+def _candidates(record: dict) -> list[list[str]]:
+    return [steps for steps in (split_steps(t) for t in _thinkings(record)) if steps]
 
 
 def _int(value) -> bool:
@@ -79,17 +83,26 @@ def kept_view(record: dict) -> KeptView | str:
     if isinstance(kept_steps, list):
         if not all(_int(k) for k in kept_steps):
             return "kept_steps must be integers"
-        for steps in candidates:
-            if all(0 <= k < len(steps) for k in kept_steps) and SEPARATOR.join(steps[k] for k in kept_steps) == pruned:
-                kept = set(kept_steps)
+        # the kept set is the row's own kept_steps; the steps are those of the thinking it compressed,
+        # the one whose kept steps read as pruned_think (stripped, as SPIRIT writes them, or as
+        # written, as stage 2 writes them), else a thinking kept whole
+        kept = set(kept_steps)
+        for thinking in _thinkings(record):
+            steps = split_steps(thinking)
+            if not steps or not all(0 <= k < len(steps) for k in kept_steps):
+                continue
+            joins = (SEPARATOR.join(steps[k] for k in kept_steps),
+                     SEPARATOR.join(step_source_texts(thinking)[k] for k in kept_steps))
+            if pruned in joins or (len(kept) == len(steps) and pruned == thinking):
                 return KeptView(method, "steps", [[(s, i in kept)] for i, s in enumerate(steps)], "", before, after)
         return "kept_steps do not rebuild pruned_think"
     if isinstance(spans, list):
         if not all(isinstance(s, list) and len(s) == 2 and _int(s[0]) and _int(s[1]) for s in spans):
             return "kept_spans must be [start, end] pairs"
-        for steps in candidates:
+        for thinking, steps in zip(_thinkings(record), candidates):
             text = SEPARATOR.join(steps)
-            if "".join(text[a:b] for a, b in spans).strip() == pruned:
+            rebuilt = "".join(text[a:b] for a, b in spans).strip()
+            if rebuilt == pruned or (rebuilt == text.strip() and pruned == thinking):  # kept whole
                 return KeptView(method, "spans", _span_pieces(steps, spans), "", before, after)
         return "kept_spans do not rebuild pruned_think"
     if isinstance(words, list):
@@ -100,8 +113,8 @@ def kept_view(record: dict) -> KeptView | str:
                 return KeptView(method, "words", pieces, " ", before, after)
         return "kept_words do not match the thinking's steps"
     if "kept_words" in record or "kept_spans" in record:  # null: the thinking was left whole
-        for steps in candidates:
-            if SEPARATOR.join(steps) == pruned:
+        for thinking, steps in zip(_thinkings(record), candidates):
+            if pruned in (SEPARATOR.join(steps), thinking):
                 return KeptView(method, "steps", [[(s, True)] for s in steps], "", before, after)
     return "no kept_steps, kept_spans or kept_words"
 

@@ -9,6 +9,12 @@ Layout of a run writing OUT:
     OUT.manifest.json        what determines OUT's bytes (see asap_fast.pipeline.manifest)
     OUT.progress.json        {"rows", "out", "rejects_bytes", ...}: what the last commit made durable
     OUT.parts/               (Parquet and datasets outputs) one Parquet part per commit
+    OUT.lock                 the running process's lock on OUT (asap_fast.pipeline.claim)
+
+One run per OUT at a time: a second run (or an ``asap merge`` reading a shard that is still being
+written) stops at once naming the running one's pid. OUT and every side file may never be the
+input, whatever the spelling, symlink or hard link. A side file that exists when a run starts OUT
+afresh was not written by it and is refused like a foreign OUT.
 
 A commit appends the buffered rows (JSONL: to OUT itself, a ``.gz`` output getting one gzip member
 per commit, which concatenated make a valid gzip file; Parquet / datasets: as a new part), fsyncs,
@@ -28,11 +34,13 @@ import shutil
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asap_fast.core.chat import unwrap_rendered_chat
 from asap_fast.core.errors import RowError
+from asap_fast.pipeline.claim import claim_output, lock_path, release, same_file
 from asap_fast.pipeline.manifest import build_manifest, check_same, read_manifest
 from asap_fast.pipeline.progress import Progress
 from asap_fast.pipeline.records import (
@@ -105,6 +113,7 @@ class Summary:
     tokens_after: int = 0
     steps: int = 0
     steps_kept: int = 0
+    prompts_unwrapped: int = 0  # rows written with SFT messages whose prompt held a rendered chat template
 
     def lines(self) -> list[str]:
         rate = self.rows / self.seconds if self.seconds > 0 else 0.0
@@ -117,6 +126,9 @@ class Summary:
             steps = f"steps kept {self.steps_kept:,} of {self.steps:,}; " if self.steps else ""
             out.append(f"  trace tokens {self.tokens_before:,} -> {self.tokens_after:,} (x{ratio:.3f}), {steps}"
                        f"{self.tokens_before / max(self.seconds, 1e-9):,.0f} trace tokens/s")
+        if self.prompts_unwrapped:
+            out.append(f"  prompts holding a rendered chat template: {self.prompts_unwrapped:,} "
+                       "(the user's content was used, without the template's tags)")
         out.append(f"  wrote {self.output} and {rejects_path(self.output)}")
         return out
 
@@ -200,8 +212,8 @@ class _PartsSink:
     def write(self, lines: list[bytes]) -> int:
         if not lines:
             return self.parts
-        pa, pq = _pyarrow()
-        table = pa.Table.from_pylist([json.loads(line) for line in lines])
+        table = _rows_table([json.loads(line) for line in lines])
+        _, pq = _pyarrow()
         part = self.dir / f"part-{self.parts:06d}.parquet"
         tmp = part.with_name(part.name + ".tmp")
         pq.write_table(table, tmp)
@@ -220,14 +232,22 @@ class _PartsSink:
     def finish(self) -> None:
         pa, pq = _pyarrow()
         parts = [self.dir / f"part-{k:06d}.parquet" for k in range(self.parts)]
+        schemas = [pq.read_schema(p) for p in parts]
+        # Fields stored as JSON text in any part, or whose types no promotion unifies (a prompt
+        # that is text in one part and chat messages in another), are JSON text in every part.
+        as_json = set().union(*(json_fields(s) for s in schemas)) | _conflicting_fields(schemas)
+        schemas = [_json_schema(s, as_json) for s in schemas]
         # A field that is null throughout one part and a string in another is widened to the
         # unified schema, not an error; parts are copied one at a time, so memory holds one part.
-        schema = (pa.unify_schemas([pq.read_schema(p) for p in parts], promote_options="permissive")
-                  if parts else pa.schema([]))
+        schema = pa.unify_schemas(schemas, promote_options="permissive") if parts else pa.schema([])
+        if as_json:
+            schema = schema.with_metadata({JSON_FIELDS_KEY: json.dumps(sorted(as_json))})
         combined = self.path.with_name(self.path.name + ".tmp.parquet")
         with pq.ParquetWriter(combined, schema) as writer:
             for part in parts:
-                table = pa.concat_tables([schema.empty_table(), pq.read_table(part)], promote_options="permissive")
+                table = _json_columns(pq.read_table(part), as_json)
+                table = pa.concat_tables([schema.empty_table(), table.replace_schema_metadata(schema.metadata)],
+                                         promote_options="permissive")
                 writer.write_table(table.select(schema.names).cast(schema))
         if self.fmt == "parquet":
             os.replace(combined, self.path)
@@ -248,6 +268,82 @@ class _PartsSink:
         staging.rmdir()
 
 
+JSON_FIELDS_KEY = b"asap_fast.json_fields"
+
+
+def json_fields(schema) -> set[str]:
+    """The fields a Parquet OUT stores as JSON text (its metadata key ``asap_fast.json_fields``)."""
+    raw = (schema.metadata or {}).get(JSON_FIELDS_KEY)
+    return set(json.loads(raw)) if raw else set()
+
+
+def _kind(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    return type(value).__name__  # str, list, dict
+
+
+def _rows_table(records: list[dict]):
+    """An Arrow table of ``records``. A field whose values are of more than one JSON type (text in
+    one row, chat messages in another), or that Arrow cannot hold as one type, is stored as JSON
+    text (``json.dumps`` of each value) and named in the table's metadata."""
+    pa, _ = _pyarrow()
+    # Every field of every row, in order of first appearance (Table.from_pylist would take the
+    # first row's fields only and drop the others': a field only math rows have, say).
+    kinds: dict[str, set] = {}
+    for record in records:
+        for key, value in record.items():
+            kinds.setdefault(key, set()).add(_kind(value))
+    columns, mixed = {}, set()
+    for key, seen in kinds.items():
+        values = [r.get(key) for r in records]
+        if len(seen - {None}) <= 1:
+            try:
+                columns[key] = pa.array(values)
+                continue
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+                pass  # e.g. dicts with differently typed values, integers past 64 bits
+        mixed.add(key)
+        columns[key] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values], pa.string())
+    table = pa.Table.from_pydict(columns)
+    return table.replace_schema_metadata({JSON_FIELDS_KEY: json.dumps(sorted(mixed))}) if mixed else table
+
+
+def _conflicting_fields(schemas) -> set[str]:
+    pa, _ = _pyarrow()
+    conflicting: set[str] = set()
+    names = {name for s in schemas for name in s.names}
+    for name in names:
+        types = [s.field(name).type for s in schemas if name in s.names]
+        try:
+            pa.unify_schemas([pa.schema([pa.field(name, t)]) for t in types], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            conflicting.add(name)
+    return conflicting
+
+
+def _json_schema(schema, as_json: set[str]):
+    pa, _ = _pyarrow()
+    fields = [pa.field(f.name, pa.string()) if f.name in as_json else f for f in schema]
+    return pa.schema(fields)
+
+
+def _json_columns(table, as_json: set[str]):
+    """``table`` with every field of ``as_json`` as JSON text (those it already stores so, kept)."""
+    pa, _ = _pyarrow()
+    done = json_fields(table.schema)
+    for name in as_json - done:
+        if name in table.column_names:
+            values = [None if v is None else json.dumps(v, ensure_ascii=False) for v in table.column(name).to_pylist()]
+            table = table.set_column(table.column_names.index(name), pa.field(name, pa.string()),
+                                     pa.array(values, pa.string()))
+    return table
+
+
 def _pyarrow():
     try:
         import pyarrow as pa
@@ -258,10 +354,35 @@ def _pyarrow():
 
 
 def run_files(output: str | os.PathLike) -> list[Path]:
-    """Every file a run writing ``output`` may create (OUT first)."""
+    """Every file a run writing ``output`` may create (OUT first), its lock aside."""
     out = Path(output)
     return [out, rejects_path(out), sidecar(out, "progress.json"), sidecar(out, "manifest.json"),
             sidecar(out, "parts")]
+
+
+def refuse_foreign_side_files(output: str | os.PathLike) -> None:
+    """For a fresh OUT (no progress file): rejects or parts already there are somebody else's
+    (another OUT's, the user's) and would be overwritten. (A manifest is rewritten: it holds no rows.)"""
+    out = Path(output)
+    for path in (rejects_path(out), sidecar(out, "parts")):
+        if path.exists() and not (path.is_file() and path.stat().st_size == 0):
+            raise ValueError(f"{path} exists but was not written by a run of {out}; "
+                             f"remove it, choose another OUT or pass --overwrite")
+
+
+def claim_run(input: str | os.PathLike, output: str | os.PathLike) -> None:
+    """Refuse an OUT that is the input (or a side file that is), then take OUT's lock for this
+    process; both before anything is written, removed or loaded."""
+    for path in [*run_files(output), lock_path(output)]:
+        if Path(input).exists() and same_file(input, path):
+            raise ValueError(f"{path} would overwrite the input {input} (the same file): choose another OUT")
+    out = Path(output)
+    if out.exists() and not (out.is_file() or out.is_dir()):
+        raise ValueError(f"OUT {out} is not a regular file or directory")
+    try:
+        claim_output(output)
+    except OSError as e:  # OUT's folder cannot be written (read-only, no permission)
+        raise OutputError(Path(e.filename) if e.filename and not str(e.filename).endswith(".lock") else out, e) from None
 
 
 def remove_run(output: str | os.PathLike) -> None:
@@ -296,8 +417,13 @@ class CorpusWriter:
                 remove_run(self.out_path)
             except OSError as e:
                 raise OutputError(self.out_path, e) from None
+        elif not self.progress_path.exists():
+            refuse_foreign_side_files(self.out_path)
 
         self.rows, out_state, rejects_bytes = 0, 0, 0
+        # (bytes, BLAKE2b) of the input up to the last committed row: a resume re-hashes that prefix
+        self.input_prefix: tuple[int, str] | None = None
+        self._pending_prefix: tuple[int, str] | None = None
         resumed = self.progress_path.exists()
         if resumed:
             recorded = read_manifest(self.manifest_path)
@@ -308,6 +434,8 @@ class CorpusWriter:
                 check_same(recorded, manifest, self.out_path)
             progress = json.loads(self.progress_path.read_text(encoding="utf-8"))
             self.rows, out_state, rejects_bytes = progress["rows"], progress["out"], progress["rejects_bytes"]
+            if progress.get("input_prefix"):
+                self.input_prefix = tuple(progress["input_prefix"])
         try:
             if fmt in ("jsonl", "jsonl.gz"):
                 if not resumed and self.out_path.exists() and self.out_path.stat().st_size > 0:
@@ -339,12 +467,13 @@ class CorpusWriter:
         """Buffer one output row; a record that cannot be written as UTF-8 becomes a reject.
         Returns whether it was written."""
         try:
-            line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
-        except UnicodeEncodeError:
-            self.reject(row, unwritable_text(record) or "row cannot be written as UTF-8")
+            line = (json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        except (UnicodeEncodeError, ValueError, RecursionError):  # strict UTF-8 JSON or a reject
+            self.reject(row, unwritable_text(record) or "row cannot be written as UTF-8 JSON")
             return False
         self._out_lines.append(line)
         self._pending_rows += 1
+        self._pending_prefix = row.prefix
         return True
 
     def reject(self, row: Row, error: str, stage: str | None = None) -> None:
@@ -355,6 +484,7 @@ class CorpusWriter:
             line = (json.dumps(entry, ensure_ascii=True) + "\n").encode("ascii")
         self._reject_lines.append(line)
         self._pending_rows += 1
+        self._pending_prefix = row.prefix
 
     def commit(self) -> None:
         """Append the buffered rows to OUT and the rejects (fsynced), then replace the progress file:
@@ -387,6 +517,7 @@ class CorpusWriter:
         self._reject_lines.clear()
         self.rows += self._pending_rows
         self._pending_rows = 0
+        self.input_prefix = self._pending_prefix
 
     def _rollback(self) -> None:
         """Cut OUT and the rejects back to the last commit (best effort: the next run truncates to
@@ -398,8 +529,10 @@ class CorpusWriter:
                 pass
 
     def _write_progress(self, out_state: int, rejects_bytes: int, *, rows: int | None = None, **extra) -> None:
+        prefix = self.input_prefix if rows is None else self._pending_prefix
         self._write_json(self.progress_path, {"rows": self.rows if rows is None else rows, "out": out_state,
-                                              "rejects_bytes": rejects_bytes, **self.meta, **extra})
+                                              "rejects_bytes": rejects_bytes, **self.meta,
+                                              **({"input_prefix": list(prefix)} if prefix else {}), **extra})
 
     def _write_json(self, path: Path, data: dict) -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -430,7 +563,8 @@ class CorpusWriter:
                 raise OutputError(Path(e.filename) if e.filename else self.out_path, e) from None
 
 
-BatchFn = Callable[[list[dict]], Sequence["dict | RowError"]]
+BatchFn = Callable[[list[dict]], "Iterable[dict | RowError]"]
+_MISSING = object()
 
 
 class _Sigterm:
@@ -452,14 +586,29 @@ class _Sigterm:
             signal.signal(signal.SIGTERM, self.previous)
 
 
-def check_resumable(input, output, *, stage: str, manifest_options: dict, shard=None, overwrite: bool = False) -> None:
+def check_resumable(input, output, *, stage: str, manifest_options: dict, shard=None,
+                    overwrite: bool = False) -> int | None:
     """Raise ManifestMismatch now, before a model or an LLM backend loads, when OUT was begun by a
-    run with another input or other options (run_corpus checks again; this only answers sooner)."""
-    if overwrite or not sidecar(output, "progress.json").exists():
-        return
+    run with another input or other options (run_corpus checks again; this only answers sooner).
+    Returns the number of rows when OUT is a finished run of this very input and these options
+    (nothing is left to do, so no model needs to load), else None."""
+    claim_run(input, output)
+    progress_file = sidecar(output, "progress.json")
+    if overwrite:
+        return None
+    if not progress_file.exists():
+        refuse_foreign_side_files(output)  # now, not after a model has loaded
+        return None
     recorded = read_manifest(sidecar(output, "manifest.json"))
-    if recorded is not None:
-        check_same(recorded, build_manifest(stage, check_input(input), manifest_options, shard), Path(output))
+    if recorded is None:
+        return None
+    check_same(recorded, build_manifest(stage, check_input(input), manifest_options, shard), Path(output))
+    try:
+        progress = json.loads(progress_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return progress["rows"] if progress.get("finished") else None
+
 
 
 def run_corpus(
@@ -488,6 +637,16 @@ def run_corpus(
     OUT cannot be written, InputDamaged after committing the rows before damage in the input.
     """
     input = check_input(input)  # before OUT is created
+    claim_run(input, output)
+    try:
+        return _run_claimed(input, output, stage=stage, process=process, options=options,
+                            manifest_options=manifest_options, required=required, rows=rows, shard=shard, meta=meta)
+    finally:
+        release(output)
+
+
+def _run_claimed(input: Path, output, *, stage, process, options, manifest_options, required, rows, shard,
+                 meta) -> Summary:
     manifest = build_manifest(stage, input, manifest_options or {}, shard)
     summary = Summary(stage=stage, output=Path(output))
     start = time.perf_counter()
@@ -500,11 +659,19 @@ def run_corpus(
     progress = Progress(stage, quiet=options.quiet, done=writer.rows, total=todo,
                         count_total=lambda: count_rows(input))
     last_commit = time.monotonic()
+
+    def commit_when_due() -> None:  # between rows, so a slow stage's finished rows are kept too
+        nonlocal last_commit
+        if time.monotonic() - last_commit >= options.commit_seconds:
+            writer.commit()
+            last_commit = time.monotonic()
+
     damage: InputDamaged | None = None
     try:
         with _Sigterm():
             batch: list[Row] = []  # every row in input order; unreadable ones carry their error
-            rows_read = read_rows(input, start_row + writer.rows, stop_row)
+            rows_read = read_rows(input, start_row + writer.rows, stop_row,
+                                  expect_prefix=writer.input_prefix if writer.rows else None)
             while True:
                 try:
                     row = next(rows_read)
@@ -519,12 +686,9 @@ def run_corpus(
                         row.error = f"missing field '{missing[0]}'"
                 batch.append(row)
                 if sum(r.error is None for r in batch) >= options.batch:
-                    _handle(batch, process, writer, summary, progress)
+                    _handle(batch, process, writer, summary, progress, commit_when_due)
                     batch = []
-                    if time.monotonic() - last_commit >= options.commit_seconds:
-                        writer.commit()
-                        last_commit = time.monotonic()
-            _handle(batch, process, writer, summary, progress)
+            _handle(batch, process, writer, summary, progress, commit_when_due)
     except KeyboardInterrupt:
         progress.close()
         writer.close(finished=False)
@@ -549,32 +713,44 @@ def reason_kind(reason: str) -> str:
     return re.sub(r"(?<![\w-])\d[\d,.]*", "N", reason.split(":")[0]).strip()
 
 
-def _handle(batch: list[Row], process: BatchFn, writer: CorpusWriter, summary: Summary, progress: Progress) -> None:
+def _handle(batch: list[Row], process: BatchFn, writer: CorpusWriter, summary: Summary, progress: Progress,
+            commit_when_due: Callable[[], None]) -> None:
+    """Write the results of one batch in input order. ``process`` may return a list or yield its
+    results one by one as rows finish: then each row is written, shown and (every commit interval)
+    committed as soon as it is done, so a slow stage (SPIRIT: K + 1 passes per row) keeps its work."""
     readable = [row for row in batch if row.error is None]
-    results = list(process([row.record for row in readable])) if readable else []
-    if len(results) != len(readable):
-        raise RuntimeError(f"stage {summary.stage!r} returned {len(results)} results for {len(readable)} rows")
-    results = iter(results)
-    before = after = 0
+    results = iter(process([row.record for row in readable]) if readable else ())
+    handled = 0
     for row in batch:
-        result = RowError(row.error) if row.error is not None else next(results)
+        if row.error is not None:
+            result = RowError(row.error)
+        else:
+            result = next(results, _MISSING)
+            if result is _MISSING:
+                raise RuntimeError(f"stage {summary.stage!r} returned {handled} results for {len(readable)} rows")
+            handled += 1
+        before = after = 0
         summary.rows += 1
         if not isinstance(result, RowError) and writer.write(row, result):
             summary.written += 1
             if isinstance(result.get("tokens_before"), int) and isinstance(result.get("tokens_after"), int):
-                before += result["tokens_before"]
-                after += result["tokens_after"]
+                before, after = result["tokens_before"], result["tokens_after"]
                 # step scores: stage 2's surprisal, or a step method's own (asap compress --method)
                 summary.steps += len(result.get("step_surprisal") or result.get("step_importance") or ())
                 summary.steps_kept += len(result.get("kept_steps") or ())
-            continue
-        if isinstance(result, RowError):
-            writer.reject(row, str(result), result.stage)
-            reason = str(result)
+            if "messages" in result and unwrap_rendered_chat(row.record.get("prompt")) is not None:
+                summary.prompts_unwrapped += 1
         else:
-            reason = unwritable_text(result) or "row cannot be written as UTF-8"
-        summary.rejected += 1
-        summary.reasons[reason_kind(reason)] += 1
-    summary.tokens_before += before
-    summary.tokens_after += after
-    progress.update(len(batch), before, after)
+            if isinstance(result, RowError):
+                writer.reject(row, str(result), result.stage)
+                reason = str(result)
+            else:
+                reason = unwritable_text(result) or "row cannot be written as UTF-8"
+            summary.rejected += 1
+            summary.reasons[reason_kind(reason)] += 1
+        summary.tokens_before += before
+        summary.tokens_after += after
+        progress.update(1, before, after)
+        commit_when_due()
+    if next(results, _MISSING) is not _MISSING:
+        raise RuntimeError(f"stage {summary.stage!r} returned more results than the {len(readable)} rows it was given")

@@ -45,7 +45,7 @@ class _ScorerActor:
 
         rows = [pickle.loads(b) for b in batch["row"]]
         before = getattr(self.stage, "tokens_scored", 0)
-        results = self.stage.process(rows)
+        results = list(self.stage.process(rows))  # consumed before the token count is read
         tokens = getattr(self.stage, "tokens_scored", 0) - before
         out = [pickle.dumps(("error", str(r)) if isinstance(r, RowError) else ("ok", r)) for r in results]
         return {"idx": np.asarray(batch["idx"]), "out": np.array(out, dtype=object),
@@ -74,7 +74,13 @@ class RayProcessor:
         use_gpu = actors is None and gpus > 0 and (device is None or device.startswith("cuda"))
         self.actors = gpus if use_gpu else max(1, actors or 1)
         self.num_gpus = 1 if use_gpu else 0
-        self.threads = None if use_gpu else max(1, cpus // self.actors)
+        # CPU actors compute with the driver's torch thread count, the one a plain run records in
+        # its manifest: scores depend on it in the last bits, and a Ray run writes a plain run's
+        # bytes. Ray schedules them by their share of the CPUs (they may oversubscribe).
+        import torch
+
+        self.threads = None if use_gpu else torch.get_num_threads()
+        self.cpus_per_actor = 0 if use_gpu else max(1, cpus // self.actors)
         self.make, self.batch = make, batch
         self.tokens_scored = 0
         ctx = ray.data.DataContext.get_current()
@@ -93,7 +99,7 @@ class RayProcessor:
             batch_format="numpy",
             concurrency=self.actors,
             num_gpus=self.num_gpus,
-            num_cpus=0 if self.num_gpus else self.threads,
+            num_cpus=self.cpus_per_actor,
         )
         results: list = [None] * len(rows)
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

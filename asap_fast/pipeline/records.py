@@ -15,6 +15,7 @@ ends early (a truncated ``.jsonl.gz``) yields every complete row before the dama
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -51,6 +52,9 @@ class Row:
     record: dict | None
     error: str | None = None
     unit: str = "line"
+    # JSON Lines: (bytes of the input up to the end of this row's line, their BLAKE2b), what a
+    # commit records so that a resume can prove the input it skips is the input it processed
+    prefix: tuple[int, str] | None = None
 
     @property
     def id(self) -> str:
@@ -116,15 +120,24 @@ def check_input(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_rows(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> Iterator[Row]:
+class InputChanged(InputError):
+    """The input's bytes before the resume point are not those the committed rows were read from."""
+
+
+def read_rows(path: str | os.PathLike, start: int = 0, stop: int | None = None, *,
+              expect_prefix: tuple[int, str] | None = None) -> Iterator[Row]:
     """Rows ``start <= k < stop`` of any supported input, in order, with bounded memory, each with
-    its 1-based line (JSON Lines) or row number, without parsing the rows before ``start``."""
+    its 1-based line (JSON Lines) or row number, without parsing the rows before ``start``.
+
+    JSON Lines rows carry ``prefix`` (see Row). ``expect_prefix``: the prefix a previous run
+    recorded for row ``start - 1``; the rows skipped to get there are hashed on the way (the one
+    sequential read a resume makes anyway) and InputChanged is raised when they differ."""
     path = check_input(path)
     fmt = format_of(path)
     if stop is not None and stop <= start:
         return
     if fmt in ("jsonl", "jsonl.gz"):
-        yield from _read_jsonl(path, start, stop)
+        yield from _read_jsonl(path, start, stop, expect_prefix)
     elif fmt == "parquet":
         yield from _read_parquet(path, start, stop)
     else:
@@ -136,14 +149,17 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[Row]:
     yield from read_rows(path)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(line number, bytes without the final \\n) of each line; split at \\n only."""
+def _lines(path: Path, hasher=None) -> Iterator[tuple[int, bytes]]:
+    """(line number, bytes without the final \\n) of each line; split at \\n only. ``hasher``
+    (a hashlib object) is updated with every line read, blank ones included."""
     opener = gzip.open if path.name.endswith(".gz") else open
     number = 0
     with opener(path, "rb") as f:
         try:
             for line in f:  # binary iteration splits at b"\n" only
                 number += 1
+                if hasher is not None:
+                    hasher.update(line)
                 yield number, line[:-1] if line.endswith(b"\n") else line
         except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
             raise _Damage(number, _why(e)) from None
@@ -161,15 +177,24 @@ def _why(e: BaseException) -> str:
 
 
 def parse_line(number: int, line: bytes) -> Row:
-    """One JSON Lines line as a Row: the record, or the one-line reason it cannot be one."""
+    """One JSON Lines line as a Row: the record, or the one-line reason it cannot be one. Whatever
+    the line holds (deep nesting, a 5,000-digit integer, NaN), the answer is a Row, never an error."""
+    if number == 1 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte order mark opens the file
+        line = line[3:]
     try:
         text = line.decode("utf-8")
     except UnicodeDecodeError as e:
         return Row(number, None, f"invalid UTF-8 at byte {e.start} of the line")
     try:
+        # NaN and Infinity are read (files written by Python's json hold them); a row that still
+        # holds one when it is written is a reject, so OUT is strict JSON
         record = json.loads(text)
     except json.JSONDecodeError as e:
         return Row(number, None, f"malformed JSON: {e.msg} at column {e.colno}")
+    except RecursionError:
+        return Row(number, None, "unreadable JSON: nested too deeply")
+    except Exception as e:  # noqa: BLE001 - e.g. an integer past Python's digit limit
+        return Row(number, None, f"unreadable JSON: {' '.join(str(e).split())[:200]}")
     if not isinstance(record, dict):
         return Row(number, None, f"a row must be a JSON object, got {type(record).__name__}")
     if _SURROGATE_ESCAPE.search(line):
@@ -180,24 +205,37 @@ def parse_line(number: int, line: bytes) -> Row:
 
 
 def unwritable_text(record) -> str | None:
-    """Why ``record`` cannot be written as UTF-8 JSON (a lone surrogate), or None."""
+    """Why ``record`` cannot be written as strict UTF-8 JSON (a lone surrogate, NaN or Infinity,
+    nesting too deep), or None."""
     try:
-        json.dumps(record, ensure_ascii=False).encode("utf-8")
+        json.dumps(record, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except UnicodeEncodeError as e:
         return f"text with a lone surrogate ({e.object[e.start:e.end]!a}) cannot be written as UTF-8"
+    except RecursionError:
+        return "the row is nested too deeply to be written"
+    except ValueError as e:  # NaN / Infinity: strict JSON readers refuse them
+        return f"the row cannot be written as strict JSON: {e}"
     return None
 
 
-def _read_jsonl(path: Path, start: int, stop: int | None) -> Iterator[Row]:
+def _read_jsonl(path: Path, start: int, stop: int | None, expect_prefix=None) -> Iterator[Row]:
     k = 0
+    hasher, consumed = hashlib.blake2b(digest_size=16), 0
     try:
-        for number, line in _lines(path):
+        for number, line in _lines(path, hasher):
+            consumed += len(line) + 1
             if not line.strip():
                 continue
+            if k == start - 1 and expect_prefix is not None and expect_prefix != (consumed, hasher.hexdigest()):
+                raise InputChanged(f"{path} has changed since OUT was begun: its first {start} rows "
+                                   f"({expect_prefix[0]:,} bytes) are not the ones processed; run with the "
+                                   f"original input, or pass --overwrite to start afresh")
             if k >= start:
                 if stop is not None and k >= stop:
                     return
-                yield parse_line(number, line)
+                row = parse_line(number, line)
+                row.prefix = (consumed, hasher.hexdigest())
+                yield row
             k += 1
     except _Damage as d:
         raise InputDamaged(path, k, f"{d.cause} (after line {d.line})") from None
@@ -206,13 +244,24 @@ def _read_jsonl(path: Path, start: int, stop: int | None) -> Iterator[Row]:
 def _read_parquet(path: Path, start: int, stop: int | None) -> Iterator[Row]:
     pq = _require("pyarrow.parquet", "pyarrow")
     seen = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=256):
+    source = pq.ParquetFile(path)
+    # fields an asap Parquet OUT stored as JSON text (values of mixed types): read back as values
+    raw = (source.schema_arrow.metadata or {}).get(b"asap_fast.json_fields")
+    as_json = json.loads(raw) if raw else []
+    for batch in source.iter_batches(batch_size=256):
         if seen + batch.num_rows <= start:  # skipped without converting its rows
             seen += batch.num_rows
             continue
         for offset, record in enumerate(batch.to_pylist()):
             k = seen + offset
             if k >= start and (stop is None or k < stop):
+                try:
+                    for name in as_json:
+                        if isinstance(record.get(name), str):
+                            record[name] = json.loads(record[name])
+                except ValueError as e:
+                    yield Row(k + 1, None, f"field stored as JSON text is not JSON: {e}", unit="row")
+                    continue
                 yield Row(k + 1, record, unit="row")
         seen += batch.num_rows
         if stop is not None and seen >= stop:
@@ -258,14 +307,17 @@ def _require(module: str, package: str):
 
 
 def rejects_path(out: str | os.PathLike) -> Path:
-    """Where the rejects of OUT go: ``a.jsonl[.gz]`` / ``a.parquet`` -> ``a.rejects.jsonl``; a
-    datasets directory ``d`` -> ``d/rejects.jsonl``."""
+    """Where the rejects of OUT go: ``a.jsonl`` -> ``a.rejects.jsonl``; ``a.jsonl.gz`` ->
+    ``a.jsonl.gz.rejects.jsonl`` and ``a.parquet`` -> ``a.parquet.rejects.jsonl`` (OUT's full name,
+    so that OUTs differing only in format never share one); a datasets directory ``d`` ->
+    ``d/rejects.jsonl``."""
     out = Path(out)
     fmt = format_of(out)
     if fmt == "datasets":
         return out / "rejects.jsonl"
-    suffix = "." + fmt if fmt != "jsonl.gz" else ".jsonl.gz"
-    return out.with_name(out.name[: -len(suffix)] + ".rejects.jsonl")
+    if fmt == "jsonl":
+        return out.with_name(out.name[: -len(".jsonl")] + ".rejects.jsonl")
+    return sidecar(out, "rejects.jsonl")
 
 
 def sidecar(out: str | os.PathLike, name: str) -> Path:

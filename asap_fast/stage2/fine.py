@@ -25,9 +25,10 @@ from __future__ import annotations
 import math
 import numbers
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
+from asap_fast.core.chat import unwrap_rendered_chat
 from asap_fast.core.errors import RowError
 from asap_fast.core.traces import TraceError, parse_trace, split_steps, step_source_texts
 
@@ -38,21 +39,29 @@ MODES = ("global", "iterative")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def prompt_text(prompt) -> str:
-    """The question as raw text. Rows carry it as a str (open-r1/codeforces-cots) or, in some
-    corpora, as chat messages; their contents are joined by newlines, in order."""
+def prompt_messages(prompt) -> list[dict]:
+    """The question as chat messages. Rows carry it as a str (open-r1/codeforces-cots) or, in some
+    corpora, as chat messages (kept as they are). A str that already holds a rendered chat template
+    (``<｜User｜>...<｜Assistant｜>``, ChatML, Llama 3) becomes the conversation it rendered, so that
+    neither the SFT text nor the scoring prefix carries the template's tags (fidelity ledger)."""
     if isinstance(prompt, str):
-        return prompt
+        rendered = unwrap_rendered_chat(prompt)
+        return rendered.messages if rendered else [{"role": "user", "content": prompt}]
     if isinstance(prompt, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt):
-        return "\n".join(m["content"] for m in prompt)
+        return list(prompt)
     raise RowError(f"prompt must be str or a list of chat messages, not {type(prompt).__name__}")
 
 
+def prompt_text(prompt) -> str:
+    """The question as raw text (stage 2's scoring prefix): the contents of :func:`prompt_messages`
+    joined by newlines, in order; a plain str is returned as it is."""
+    return "\n".join(m["content"] for m in prompt_messages(prompt))
+
+
 def sft_messages(prompt, pruned_think: str, answer: str) -> list[dict]:
-    """The SFT conversation of DESIGN.md: the user's prompt (kept as messages when it was given as
-    messages), then the pruned thinking and the answer."""
-    question = list(prompt) if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-    return question + [{"role": "assistant", "content": "<think>\n" + pruned_think + "\n</think>\n" + answer}]
+    """The SFT conversation of DESIGN.md: the user's prompt (:func:`prompt_messages`), then the
+    pruned thinking and the answer."""
+    return prompt_messages(prompt) + [{"role": "assistant", "content": "<think>\n" + pruned_think + "\n</think>\n" + answer}]
 
 
 @dataclass(frozen=True)
@@ -139,7 +148,13 @@ class ScorerSpec:
 
         device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = self.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
-        return {"model": model_identity(self.model_path()), "dtype": dtype, "max_length": self.max_length}
+        options = {"model": model_identity(self.model_path()), "dtype": dtype, "max_length": self.max_length}
+        if device == "cpu":
+            # CPU kernels split their sums by thread count: scores can differ in the last bits
+            # between counts (1 and 2 threads agree on the demo scorer, 3 do not), so the count
+            # is part of what decides the bytes (docs/corpus.md, "Same bytes").
+            options["cpu_threads"] = torch.get_num_threads()
+        return options
 
     def load(self, *, quiet: bool = False, stage: str = "fine"):
         """The SurprisalScorer, saying on stderr when the bundled one is used."""
@@ -167,7 +182,7 @@ class FineStage:
     """Stage 2 for batches of records with a loaded :class:`~asap_fast.stage2.surprisal.SurprisalScorer`.
 
     A row whose budget would remove every step is a reject (never an empty thinking in SFT data;
-    the reference writes the empty thinking: see README's fidelity ledger).
+    the reference writes the empty thinking: see docs/fidelity.md).
     """
 
     name = "fine"
@@ -199,9 +214,9 @@ class FineStage:
             raise RowError(f"no steps in {field}")
         return prefix, steps, trace.answer, think
 
-    def process(self, records: Sequence[dict]) -> list:
-        """Output record or RowError for each record, in order."""
-        return [self._process_one(record) for record in records]
+    def process(self, records: Sequence[dict]) -> Iterator:
+        """Output record or RowError for each record, in order, yielded as each finishes."""
+        return (self._process_one(record) for record in records)
 
     def _process_one(self, record: dict):
         from asap_fast.stage2.pruning import prune_steps, thinking_budget

@@ -1,6 +1,6 @@
 """The sandboxed side of ``asap_fast.evaluation.sandbox``: run as a script, standard library only.
 
-``python -I _sandbox_main.py SETUP`` is started by the parent (``sandbox.py``) inside the chosen
+``python -I worker.py SETUP`` is started by the parent (``runner.py``) inside the chosen
 isolation layer; SETUP is a JSON object naming the layer and the file descriptors it holds:
 
 - ``job``: a memfd with the job (JSON: ``mode`` and the mode's options), read once and closed
@@ -625,7 +625,9 @@ def run_stdio(job: dict, events: Events) -> int:
         return 1
     exec(_compile(LCB_PRELUDE, "<prelude>"), {"__name__": "__prelude__"})  # warm the imports
     per_test = float(job["call_timeout_s"])
-    output_cap = int(job.get("output_cap_bytes", 1 << 24))
+    # The parent takes an event of at most 4 MiB (its memory bound): a 2 MiB output, escaped as
+    # JSON, fits whenever at least half of it is printable ASCII.
+    output_cap = int(job.get("output_cap_bytes", 2 << 20))
     pid1 = os.getpid() == 1
     if not pid1:  # orphans of a test come back to us, so that the sweep after each test finds them
         _libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)

@@ -5,7 +5,7 @@ Two shapes of test:
 
 - **Input/output** (HumanEval+ / EvalPlus inputs, LiveCodeBench functional and stdin tests): one
   sandbox only computes the candidate's outputs and reports them in the plain format of
-  ``_sandbox_main``; ``OutputJudge`` (here, in the trusted parent) decodes each one without
+  ``worker``; ``OutputJudge`` (here, in the trusted parent) decodes each one without
   running any of the candidate's code and compares it with the expected output, which never
   enters the sandbox, under the benchmark's own rule. Each test's time is measured here too.
 - **Assertion-style** (HumanEval ``check``, LeetCodeDataset ``check``): the benchmark's test code
@@ -21,14 +21,9 @@ import signal as _signal
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
-from asap_fast.evaluation._sandbox_main import PlainError, decode
-from asap_fast.evaluation.sandbox import (
-    SandboxJob,
-    SandboxLimits,
-    SandboxResult,
-    run_job,
-    run_pair,
-)
+from asap_fast.evaluation.sandbox.limits import SandboxJob, SandboxLimits, SandboxResult
+from asap_fast.evaluation.sandbox.runner import run_job, run_pair
+from asap_fast.evaluation.sandbox.worker import PlainError, decode
 
 __all__ = [
     "CollectOutputs",
@@ -214,6 +209,8 @@ MEMORY_CAP = "killed: the sample went over its memory cap (all its processes tog
 
 
 def _ended_early(res: SandboxResult, where: str) -> tuple[str, str]:
+    if res.malformed:  # the sample's own output, refused by the protocol: a wrong answer, not a harness fault
+        return "failed", f"malformed output to the harness ({res.malformed})"
     if res.overflow:
         return "error", f"the program flooded its channel to the harness ({res.overflow})"
     if res.memory_exceeded:
@@ -284,7 +281,7 @@ class Trial:
             return Outcome("error", _candidate_detail(detail, cand), test.wall_s, isolation)
         if test.timed_out or cand.timed_out:
             return Outcome("timeout", f"killed after the {self.tester.wall_s:g} s limit", test.wall_s, isolation)
-        reason, detail = _ended_early(cand if cand.memory_exceeded or cand.overflow else test, "the check")
+        reason, detail = _ended_early(cand if cand.memory_exceeded or cand.overflow or cand.malformed else test, "the check")
         return Outcome(reason, detail, test.wall_s, isolation)
 
 
