@@ -62,7 +62,7 @@ def test_a_spilling_configuration_is_caught():
                                              arch="sm_90", n_sms=1, block_v=128, num_splits=1)[0]
     signature, constexprs, attrs = aot._launch_signature(launch, torch.float32)
     spec = aot.KernelSpec("tf32x3-N128xV128", launch["fn"], signature, constexprs, launch["num_warps"],
-                          launch["num_stages"], True, attrs)
+                          launch["num_stages"], True, attrs, launch["maxnreg"])
     report = aot.compile_spec(spec, "sm_90")
     assert report.spill_stores > 0 and report.problems
 

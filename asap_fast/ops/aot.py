@@ -62,17 +62,19 @@ class KernelSpec:
     num_stages: int
     uses_tensor_cores: bool  # a dot product on tensor cores is expected in the SASS
     attrs: dict = field(default_factory=dict)  # argument name -> divisibility, as the launcher specializes
+    maxnreg: int | None = None  # ptxas register budget (.maxnreg) the launcher passes; None: ptxas's own
 
     def key(self) -> tuple:
         """What identifies the configuration a launch uses: kernel, pointer types, constexprs, warps, stages."""
         pointers = tuple(sorted((k, v) for k, v in self.signature.items() if v.startswith("*")))
-        return (self.fn.__name__, pointers, tuple(sorted(self.constexprs.items())), self.num_warps, self.num_stages)
+        return (self.fn.__name__, pointers, tuple(sorted(self.constexprs.items())), self.num_warps, self.num_stages,
+                self.maxnreg)
 
 
 def _launch_key(launch: dict, signature: dict, constexprs: dict) -> tuple:
     pointers = tuple(sorted((k, v) for k, v in signature.items() if v.startswith("*")))
     return (launch["fn"].__name__, pointers, tuple(sorted(constexprs.items())), launch["num_warps"],
-            launch["num_stages"])
+            launch["num_stages"], launch["maxnreg"])
 
 
 # Unit column strides: the launcher's tensors are row-major, and Triton specializes an integer
@@ -147,7 +149,8 @@ def _label(launch: dict, dtype: torch.dtype) -> str:
         precision = f"-{c['DOT_PRECISION']}" if dtype == torch.float32 else ""
         return (f"linear_partials-{TRITON_DTYPE[dtype]}{precision}{'-bias' if c['HAS_BIAS'] else ''}"
                 f"{'-out' if c['WRITE_OUTPUT'] else '-split'}{'' if c['EVEN_D'] else '-tailD'}"
-                f"-N{c['BLOCK_N']}xV{c['BLOCK_V']}xD{c['BLOCK_D']}-w{launch['num_warps']}s{launch['num_stages']}")
+                f"-N{c['BLOCK_N']}xV{c['BLOCK_V']}xD{c['BLOCK_D']}-w{launch['num_warps']}s{launch['num_stages']}"
+                f"{'-r' + str(launch['maxnreg']) if launch['maxnreg'] else ''}")
     if name == "_combine_partials_kernel":
         return f"linear_combine-N{c['BLOCK_N']}-w{launch['num_warps']}"
     return f"logsoftmax_gather-{TRITON_DTYPE[dtype]}-V{c['BLOCK_V']}-w{launch['num_warps']}"
@@ -171,7 +174,7 @@ def aot_specs(arch: str) -> list[KernelSpec]:
             dtype == torch.float32 and launch["constexprs"]["DOT_PRECISION"] == "ieee")
         label = _label(launch, dtype if launch["fn"].__name__ != "_combine_partials_kernel" else torch.float32)
         specs[key] = KernelSpec(label, launch["fn"], signature, constexprs, launch["num_warps"], launch["num_stages"],
-                                dots, attrs)
+                                dots, attrs, launch["maxnreg"])
     return sorted(specs.values(), key=lambda s: s.label)
 
 
@@ -225,7 +228,8 @@ def compile_spec(spec: KernelSpec, arch: str, fn=None) -> SpecReport:
         with contextlib.redirect_stdout(log), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Triton 3.9's FP-fusion default notice
             kernel = triton.compile(source, target=GPUTarget("cuda", CAPABILITY[arch], 32),
-                                    options=dict(num_warps=spec.num_warps, num_stages=spec.num_stages))
+                                    options=dict(num_warps=spec.num_warps, num_stages=spec.num_stages,
+                                                 **({"maxnreg": spec.maxnreg} if spec.maxnreg else {})))
     finally:
         knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = dump, always
     spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.getvalue())

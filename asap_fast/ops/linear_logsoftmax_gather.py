@@ -84,7 +84,6 @@ if triton is not None:
         split = tl.program_id(1).to(tl.int64)
         rows = row_block * BLOCK_N + tl.arange(0, BLOCK_N)
         row_mask = rows < n_rows
-        targets = tl.load(Targets_ptr + rows, mask=row_mask, other=-1)
         hidden_row_ptrs = Hidden_ptr + rows[:, None] * stride_hidden_row
 
         # Logits are carried in base 2 (scaled by log2(e)): exp2 is one MUFU.EX2, exp an extra multiply.
@@ -128,6 +127,8 @@ if triton is not None:
         # fp32 products of the input values, as exact as the tile's own.
         # NaN for a target outside [0, V): the range is not checked on the host (a sync per call);
         # NaN survives the combine of the splits.
+        # Loaded only now: int64 targets held across the vocab loop cost registers (small spills on sm_80).
+        targets = tl.load(Targets_ptr + rows, mask=row_mask, other=-1)
         target_ok = (targets >= 0) & (targets < n_vocab)
         in_split = target_ok & (targets >= v_begin) & (targets < v_end)
         target_row_ptrs = Weight_ptr + tl.where(in_split, targets, 0)[:, None] * stride_weight_row
@@ -190,33 +191,64 @@ COMBINE_BLOCK_N = 256
 COMBINE_WARPS = 4
 
 
-def partials_tile(block_n: int, dtype: torch.dtype, precision: str, arch: str) -> tuple[int, int, int, int]:
-    """(BLOCK_V, BLOCK_D, num_warps, num_stages) of the partials kernel for a row block of ``block_n``.
+# Tiles of the partials kernel per arch, per operand kind ("16bit": bf16 / fp16; fp32 by precision)
+# and BLOCK_N: (BLOCK_V, BLOCK_D, num_warps, num_stages, maxnreg). Every entry was picked by the AOT
+# compile (``asap bench ops --aot``; benchmarks/README.md has the figures) as the first, widest,
+# candidate with 0 spill bytes over its bias / single-split variants:
+# - fp32 operands take twice the registers of 16-bit ones and tf32x3 keeps three operand splits
+#   live, so fp32 tiles are narrower: BLOCK_D 16-32 and, from 64 rows (sm_90: 128), BLOCK_V 64. On
+#   sm_80, whose mma.sync / FMA keep operand fragments in registers, BLOCK_D 16 and 8 warps.
+# - maxnreg (ptxas's .maxnreg) is None (ptxas's choice) unless that spilled: ptxas 12.x then often
+#   aims at exactly 128 registers and spills 4-20 bytes to reach it (sm_80 16-bit at 16-32 rows, sm_80
+#   fp32 ieee at 128); a stated budget of 255 keeps those values in registers. It is not set
+#   everywhere: on sm_90 fp32 ieee the 255 budget made ptxas spill 16 bytes where its own choice
+#   (148-200 registers) spilled none.
+# - The widest tile is not always kept: sm_90 fp32 ieee [128, 64] x 32 spilled 16-68 bytes whatever
+#   the budget; [128, 64] x 16 does not (twice the D iterations, the same bytes from HBM).
+_TILES = {
+    "sm_80": {
+        ("16bit", 16): (128, 64, 4, 3, 255), ("16bit", 32): (128, 64, 4, 3, 255),
+        ("16bit", 64): (128, 64, 4, 3, None), ("16bit", 128): (128, 64, 8, 3, None),
+        ("ieee", 16): (128, 32, 8, 3, None), ("ieee", 32): (128, 32, 8, 3, None),
+        ("ieee", 64): (64, 16, 4, 3, None), ("ieee", 128): (64, 16, 8, 3, 255),
+        ("tf32x3", 16): (64, 32, 4, 3, None), ("tf32x3", 32): (128, 32, 8, 3, None),
+        ("tf32x3", 64): (128, 16, 8, 3, None), ("tf32x3", 128): (64, 16, 8, 3, None),
+    },
+    "sm_90": {
+        ("16bit", 16): (128, 64, 4, 3, None), ("16bit", 32): (128, 64, 4, 3, None),
+        ("16bit", 64): (128, 64, 4, 3, None), ("16bit", 128): (128, 64, 8, 3, None),
+        ("ieee", 16): (128, 32, 4, 3, None), ("ieee", 32): (128, 32, 4, 3, None),
+        ("ieee", 64): (64, 32, 4, 3, None), ("ieee", 128): (64, 16, 8, 3, None),
+        ("tf32x3", 16): (128, 32, 4, 3, None), ("tf32x3", 32): (128, 32, 8, 3, None),
+        ("tf32x3", 64): (64, 32, 4, 3, None), ("tf32x3", 128): (64, 32, 8, 3, None),
+    },
+}
+# sm_100 (tcgen05 MMA, accumulators in tensor memory) has no table of its own yet: sm_90's; its
+# figures are reported by the AOT compile, not enforced.
+_TILES["sm_100"] = _TILES["sm_90"]
 
-    Chosen from the AOT compile (``asap bench ops --aot``; benchmarks/README.md): every choice
-    compiles without spills on sm_80 and sm_90. ``arch`` is "sm_80", "sm_90" or "sm_100".
+
+def partials_tile(block_n: int, dtype: torch.dtype, precision: str, arch: str) -> tuple[int, int, int, int, int | None]:
+    """(BLOCK_V, BLOCK_D, num_warps, num_stages, maxnreg) of the partials kernel for a row block of ``block_n``.
+
+    From the AOT compile: every choice compiles without spills on sm_80 and sm_90 (``_TILES``).
+    ``arch`` is "sm_80", "sm_90" or "sm_100"; ``precision`` matters for fp32 only.
     """
     assert block_n in BLOCK_N_CHOICES and arch in ARCHS
-    # fp32 operands at 128 rows: a [128, 128] tile spills on sm_90 (ieee: 20-28 bytes, tf32x3:
-    # 64-68, the three-product split keeps more operand fragments live); [128, 64] does not. The
-    # weight is still read once per row block, the vocab loop merely takes twice the iterations.
-    block_v = 64 if dtype == torch.float32 and block_n >= 128 else 128
-    block_d = 64 if dtype != torch.float32 else 32
-    num_warps = 8 if block_n >= 128 else 4
-    return block_v, block_d, num_warps, 3
+    return _TILES[arch][(precision if dtype == torch.float32 else "16bit", block_n)]
 
 
 def _triton_config(n_rows: int, n_hidden: int, n_vocab: int, n_sms: int, dtype: torch.dtype, precision: str,
                    arch: str):
     """Block sizes, warps, stages and the number of vocab splits for the partials kernel."""
     block_n = min(128, max(16, triton.next_power_of_2(n_rows)))
-    block_v, block_d, num_warps, num_stages = partials_tile(block_n, dtype, precision, arch)
+    block_v, block_d, num_warps, num_stages, maxnreg = partials_tile(block_n, dtype, precision, arch)
     row_blocks = triton.cdiv(n_rows, block_n)
     vocab_tiles = triton.cdiv(n_vocab, block_v)
     # Enough programs for about two waves over the SMs: with K of tens of rows a single row block
     # must be split over the vocab, with thousands of rows the row blocks alone fill the GPU.
     num_splits = max(1, min(vocab_tiles, triton.cdiv(2 * n_sms, row_blocks)))
-    return block_n, block_v, block_d, num_splits, num_warps, num_stages
+    return block_n, block_v, block_d, num_splits, num_warps, num_stages, maxnreg
 
 
 def _dot_precision(dtype: torch.dtype, input_precision: str, upcast_operands: bool) -> str:
@@ -232,10 +264,11 @@ def plan_launches(n_rows: int, n_hidden: int, n_vocab: int, dtype: torch.dtype, 
     """The kernel launches of one call, as the launcher makes them (n_rows >= 1).
 
     Each: ``fn``, ``grid``, ``constexprs`` (argument name -> value), ``num_warps``, ``num_stages``,
+    ``maxnreg`` (None: ptxas's choice),
     ``tiles_per_split`` / ``num_splits`` for the partials kernel. ``asap_fast.ops.aot`` compiles
     every launch this can return over its shape grid; a test checks that over the grid.
     """
-    cfg_n, cfg_v, cfg_d, cfg_splits, num_warps, num_stages = _triton_config(
+    cfg_n, cfg_v, cfg_d, cfg_splits, num_warps, num_stages, maxnreg = _triton_config(
         n_rows, n_hidden, n_vocab, n_sms, dtype, input_precision, arch
     )
     block_n = block_n or cfg_n
@@ -249,7 +282,7 @@ def plan_launches(n_rows: int, n_hidden: int, n_vocab: int, dtype: torch.dtype, 
     write_output = num_splits == 1
     launches = [dict(
         fn=_linear_lse_partials_kernel, grid=(row_blocks, num_splits), num_warps=num_warps,
-        num_stages=num_stages, tiles_per_split=tiles_per_split, num_splits=num_splits,
+        num_stages=num_stages, maxnreg=maxnreg, tiles_per_split=tiles_per_split, num_splits=num_splits,
         constexprs=dict(
             HAS_BIAS=has_bias, WRITE_OUTPUT=write_output, EVEN_D=n_hidden % block_d == 0, BLOCK_N=block_n,
             BLOCK_V=block_v, BLOCK_D=block_d,
@@ -260,7 +293,7 @@ def plan_launches(n_rows: int, n_hidden: int, n_vocab: int, dtype: torch.dtype, 
     if not write_output:
         launches.append(dict(
             fn=_combine_partials_kernel, grid=(triton.cdiv(n_rows, COMBINE_BLOCK_N),), num_warps=COMBINE_WARPS,
-            num_stages=1, constexprs=dict(BLOCK_N=COMBINE_BLOCK_N),
+            num_stages=1, maxnreg=None, constexprs=dict(BLOCK_N=COMBINE_BLOCK_N),
         ))
     return launches
 
@@ -320,6 +353,7 @@ def _linear_logsoftmax_gather_triton(
         **partials_launch["constexprs"],
         num_warps=partials_launch["num_warps"],
         num_stages=partials_launch["num_stages"],
+        maxnreg=partials_launch["maxnreg"],
     )
     for launch in combine:
         _combine_partials_kernel[launch["grid"]](

@@ -73,7 +73,7 @@ def plan_launch(n_rows: int, n_vocab: int, *, block_v: int | None = None) -> dic
     if block_v is None:
         block_v = min(_MAX_BLOCK_V, triton.next_power_of_2(n_vocab))
     return dict(fn=_logsoftmax_gather_kernel, grid=(n_rows,), constexprs=dict(BLOCK_V=block_v),
-                num_warps=8 if block_v >= 2048 else 4, num_stages=3)
+                num_warps=8 if block_v >= 2048 else 4, num_stages=3, maxnreg=None)
 
 
 def _logsoftmax_gather_triton(
