@@ -40,6 +40,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 # the text-only commands start in milliseconds: name -> submodule that defines it.
 _LAZY = {
     "ops": None,
+    "Compressor": "asap_fast.pipeline.compressor",
     "SurprisalScorer": "asap_fast.stage2.surprisal",
     "first_token_surprisal": "asap_fast.stage2.surprisal",
     "PruneResult": "asap_fast.stage2.pruning",
@@ -60,6 +61,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "Compressor",
     "DEFAULT_SCORER",
     "METRICS",
     "CoarseStage",

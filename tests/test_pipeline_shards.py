@@ -164,3 +164,34 @@ def test_ray_two_cpu_actors_equal_the_plain_run(corpus, tmp_path, model_dir, mon
     manifest = json.loads(plain.with_name("plain.jsonl.manifest.json").read_text())
     assert manifest["options"]["scorer"]["cpu_threads"] == 2  # what decides the last bits on CPU
     assert (tmp_path / "ray.rejects.jsonl").read_bytes() == (tmp_path / "plain.rejects.jsonl").read_bytes()
+
+
+@pytest.mark.ray  # a local Ray runtime: the Ray tier
+def test_ray_compress_skip_coarse_and_a_baseline_equal_their_plain_runs(corpus, tmp_path, model_dir, monkeypatch):
+    """`asap compress --ray`: stage 2 alone (--skip-coarse) and an LM baseline on Ray Data actors write
+    the bytes of the same run without Ray, rejects included."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.chdir(tmp_path)  # the workers import the installed package (see the test above)
+    runs = {"asap": ("--skip-coarse", "--budget", "200"), "sc": ("--method", "selective-context", "--ratio", "0.5")}
+
+    def compress(name, out, *extra):
+        assert cli("compress", corpus, out, "--model", model_dir, "--batch", "3", "--quiet", *runs[name], *extra) == 0
+
+    for name in runs:
+        compress(name, tmp_path / f"{name}-plain.jsonl")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
+        for name in runs:
+            compress(name, tmp_path / f"{name}-ray.jsonl", "--ray", "--ray-actors", "2", "--ray-chunk", "12")
+    finally:
+        ray.shutdown()
+    for name in runs:
+        plain, viaray = tmp_path / f"{name}-plain.jsonl", tmp_path / f"{name}-ray.jsonl"
+        assert plain.stat().st_size > 0 and viaray.read_bytes() == plain.read_bytes(), name
+        assert (tmp_path / f"{name}-ray.rejects.jsonl").read_bytes() == \
+            (tmp_path / f"{name}-plain.rejects.jsonl").read_bytes(), name
+
+
+def test_ray_compress_refuses_stage_one(corpus, tmp_path, capsys):
+    assert cli("compress", corpus, tmp_path / "o.jsonl", "--llm", "openai:x", "--ray") == 2
+    assert "--ray runs stage 2 alone (--skip-coarse) or a baseline" in capsys.readouterr().err

@@ -87,6 +87,30 @@ def add_shard_option(g) -> None:
                         "concatenates the finished shards into the unsharded output")
 
 
+def add_ray_options(g) -> None:
+    g.add_argument("--ray", action="store_true",
+                   help="score through Ray Data: one scorer actor per GPU of the Ray cluster ($RAY_ADDRESS, "
+                        "else a local runtime), or --ray-actors CPU actors. Output and resume are those of a "
+                        "run without Ray (needs the 'ray' extra)")
+    g.add_argument("--ray-actors", type=int, metavar="N",
+                   help="with --ray: N scorer actors on CPU (default: one per GPU; 1 on CPU)")
+    g.add_argument("--ray-chunk", type=int, default=4096, metavar="N",
+                   help="with --ray: rows per Ray Data execution; each is committed when done, and its "
+                        "actors load the scorer once (default: 4096)")
+
+
+def ray_process(args, make) -> tuple:
+    """(process, rows per engine batch) for run_corpus: the stage ``make()`` builds, on Ray Data actors
+    with --ray (``make`` is pickled to them), else in this process."""
+    if not args.ray:
+        return make().process, args.batch
+    from asap_fast.pipeline.ray import RayProcessor
+
+    if args.ray_chunk < 1:
+        raise ValueError(f"--ray-chunk must be >= 1, got {args.ray_chunk}")
+    return RayProcessor(make, actors=args.ray_actors, batch=args.batch, device=args.device), args.ray_chunk
+
+
 def add_stage2_options(p: argparse.ArgumentParser) -> None:
     """The scorer and pruning options shared by `asap fine` and `asap compress`."""
     from asap_fast.stage2.fine import DTYPES, MODES, TASKS, THINK_FIELDS

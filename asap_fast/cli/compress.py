@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from dataclasses import asdict
 
 from asap_fast.cli.common import (
     add_io,
+    add_ray_options,
     add_run_options,
     add_shard_option,
     add_stage2_options,
     positive_int,
     print_summary,
     prune_config,
+    ray_process,
     report_complete,
     run_options,
     scorer_spec,
@@ -76,6 +79,7 @@ def add(subparsers) -> None:
     p.set_defaults(budget=None)
     r = add_run_options(p, batch=64, batch_help="rows per batch through all three stages (default: 64)")
     add_shard_option(r)
+    add_ray_options(r)  # stage 2 alone (--skip-coarse) and the baselines: stage 1 waits on an LLM, not a GPU
     p.set_defaults(func=run)
 
 
@@ -145,8 +149,6 @@ _METHOD_OPTIONS = {
 
 def method_config(args):
     """The method's typed config from the options (None for asap), refusing options of another method."""
-    from asap_fast.methods.common import Target
-
     given = [name for names in _METHOD_OPTIONS.values() for name in names
              if getattr(args, name) is not None and name not in _METHOD_OPTIONS[args.method]]
     if given:
@@ -158,33 +160,14 @@ def method_config(args):
         raise ValueError(f"--llm runs stage 1, which only --method asap has; --method {args.method} needs no LLM")
     if args.mode != "global" or args.steps_per_round != 1:
         raise ValueError("--mode and --steps-per-round are options of --method asap")
-    target = Target(budget=args.budget, ratio=None) if args.budget is not None else Target(ratio=args.ratio or 0.5)
-    common = {"think_field": args.think_field, "task": args.task}
-    if args.method == "spirit":
-        from asap_fast.methods.spirit import SpiritConfig
-
-        return SpiritConfig(target=target, **common)
-    if args.method == "selective-context":
-        from asap_fast.methods.selective_context import SelectiveContextConfig
-
-        return SelectiveContextConfig(target=target, unit=args.unit or "token",
-                                      spacy_model=args.spacy_model or "en_core_web_sm", **common)
-    from asap_fast.methods.llmlingua2 import DEFAULT_MODEL, LLMLingua2Config
-
-    lingua = LLMLingua2Config(model=args.lingua_model or DEFAULT_MODEL, target=target,
-                              force_tokens=args.force_tokens or (),
-                              force_reserve_digit=bool(args.force_reserve_digit),
-                              drop_consecutive=bool(args.drop_consecutive),
-                              token_to_word=args.token_to_word or "mean", **common)
-    if args.method == "llmlingua2":
-        return lingua
-    from asap_fast.methods.tokenskip import RATIOS, SEPARATOR, TokenSkipConfig
-
-    if args.budget is not None or args.ratio is not None:
+    if args.method == "tokenskip" and (args.budget is not None or args.ratio is not None):
         raise ValueError("tokenskip draws its ratio per row from --tokenskip-ratios; --budget and --ratio do not apply")
-    return TokenSkipConfig(llmlingua=lingua, ratios=args.tokenskip_ratios or RATIOS,
-                           seed=42 if args.tokenskip_seed is None else args.tokenskip_seed,
-                           separator=args.tokenskip_separator if args.tokenskip_separator is not None else SEPARATOR)
+    # one builder, with the defaults, for the CLI and asap_fast.Compressor
+    from asap_fast.pipeline.compressor import method_config as build_method_config
+
+    options = {name: getattr(args, name) for name in _METHOD_OPTIONS[args.method]}
+    return build_method_config(args.method, budget=args.budget, ratio=args.ratio, think_field=args.think_field,
+                               task=args.task, **options)
 
 
 def run_method(args, config) -> int:
@@ -208,9 +191,10 @@ def run_method(args, config) -> int:
     if done is not None:
         report_complete("compress", args.output, done)
         return 0
-    stage = load_stage(config, spec, device=args.device, quiet=args.quiet)
-    summary = run_corpus(args.input, args.output, stage="compress", process=stage.process,
-                         options=run_options(args), manifest_options=manifest,
+    process, batch = ray_process(args, functools.partial(load_stage, config, spec, device=args.device,
+                                                         quiet=args.quiet))
+    summary = run_corpus(args.input, args.output, stage="compress", process=process,
+                         options=run_options(args, batch), manifest_options=manifest,
                          required=("prompt", "generation"), rows=rows, shard=args.shard, meta=meta)
     print_summary(summary, args.quiet)
     return 0
@@ -218,7 +202,7 @@ def run_method(args, config) -> int:
 
 def run(args) -> int:
     from asap_fast.cli.llm_options import template_manifest
-    from asap_fast.pipeline.compress import CompressStage
+    from asap_fast.pipeline.compress import CompressStage, make_skip_coarse_stage
     from asap_fast.pipeline.engine import check_resumable, run_corpus
     from asap_fast.pipeline.records import check_input
     from asap_fast.pipeline.shards import shard_plan
@@ -237,6 +221,9 @@ def run(args) -> int:
         args.budget = 4096
     if not args.skip_coarse and not args.llm:
         raise ValueError("--llm is required (or --skip-coarse to run stage 2 alone)")
+    if args.ray and not args.skip_coarse:
+        raise ValueError("--ray runs stage 2 alone (--skip-coarse) or a baseline (--method); stage 1 is bound "
+                         "by the LLM backend's throughput (raise --concurrency instead)")
     # the ablation prunes the original thinking, whatever the row holds
     config = prune_config(args, think_field="think" if args.skip_coarse else None)
     spec = scorer_spec(args)
@@ -268,10 +255,13 @@ def run(args) -> int:
         coarse = CoarseStage(backend, coarse_params, coarse_template, args.reject_failed, threshold=args.threshold,
                              metric=args.metric, max_attempts=args.max_attempts, snap=args.snap_to_original)
     try:
-        fine = FineStage(spec.load(quiet=args.quiet, stage="compress"), config)
-        stage = CompressStage(fine, direct, coarse, method="asap")
-        summary = run_corpus(args.input, args.output, stage="compress", process=stage.process,
-                             options=run_options(args), manifest_options=manifest,
+        if args.skip_coarse:
+            process, batch = ray_process(args, functools.partial(make_skip_coarse_stage, spec, config, args.quiet))
+        else:
+            fine = FineStage(spec.load(quiet=args.quiet, stage="compress"), config)
+            process, batch = CompressStage(fine, direct, coarse, method="asap").process, args.batch
+        summary = run_corpus(args.input, args.output, stage="compress", process=process,
+                             options=run_options(args, batch), manifest_options=manifest,
                              required=("prompt", "generation"), rows=rows, shard=args.shard, meta=meta)
     except LLMError as e:
         print(f"asap compress: error: {e}", file=sys.stderr)

@@ -6,11 +6,13 @@ import functools
 
 from asap_fast.cli.common import (
     add_io,
+    add_ray_options,
     add_run_options,
     add_shard_option,
     add_stage2_options,
     print_summary,
     prune_config,
+    ray_process,
     report_complete,
     run_options,
     scorer_spec,
@@ -39,15 +41,7 @@ def add(subparsers) -> None:
     g = add_run_options(p, batch=8, batch_help="rows per scoring call; each trace is scored in its own forward "
                                                "pass, so this changes no score (default: 8)")
     add_shard_option(g)
-    g.add_argument("--ray", action="store_true",
-                   help="score through Ray Data: one scorer actor per GPU of the Ray cluster ($RAY_ADDRESS, "
-                        "else a local runtime), or --ray-actors CPU actors. Output and resume are those of a "
-                        "run without Ray (needs the 'ray' extra)")
-    g.add_argument("--ray-actors", type=int, metavar="N",
-                   help="with --ray: N scorer actors on CPU (default: one per GPU; 1 on CPU)")
-    g.add_argument("--ray-chunk", type=int, default=4096, metavar="N",
-                   help="with --ray: rows per Ray Data execution; each is committed when done, and its "
-                        "actors load the scorer once (default: 4096)")
+    add_ray_options(g)
     p.set_defaults(func=run)
 
 
@@ -66,16 +60,7 @@ def run(args) -> int:
     if done is not None:
         report_complete("fine", args.output, done)
         return 0
-    make = functools.partial(make_fine_stage, spec, config, args.quiet)
-    batch = args.batch
-    if args.ray:
-        from asap_fast.pipeline.ray import RayProcessor
-
-        if args.ray_chunk < 1:
-            raise ValueError(f"--ray-chunk must be >= 1, got {args.ray_chunk}")
-        process, batch = RayProcessor(make, actors=args.ray_actors, batch=args.batch, device=args.device), args.ray_chunk
-    else:
-        process = make().process
+    process, batch = ray_process(args, functools.partial(make_fine_stage, spec, config, args.quiet))
     summary = run_corpus(args.input, args.output, stage="fine", process=process, options=run_options(args, batch),
                          manifest_options=manifest, required=("prompt", "generation"), rows=rows,
                          shard=args.shard, meta=meta)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from asap_fast.core.errors import RowError
 from asap_fast.stage2.fine import FineStage
 
-__all__ = ["CompressStage"]
+__all__ = ["CompressStage", "make_skip_coarse_stage"]
 
 
 def _tag(result, stage: str):
@@ -54,3 +54,9 @@ class CompressStage:
                 out = {**out, "method": self.method}
             results[i] = _tag(out, "fine")
         return results
+
+
+def make_skip_coarse_stage(scorer_spec, config, quiet: bool = False) -> CompressStage:
+    """``asap compress --skip-coarse``'s stage with its scorer loaded (picklable by reference: what a
+    Ray actor calls)."""
+    return CompressStage(FineStage(scorer_spec.load(quiet=quiet, stage="compress"), config), method="asap")

@@ -1,4 +1,4 @@
-"""Ray Data scale-out for a corpus run (``--ray`` on ``asap fine``; the ``ray`` extra).
+"""Ray Data scale-out for a corpus run (``--ray`` on ``asap fine`` and ``asap compress``; the ``ray`` extra).
 
 The corpus is still read, committed and resumed by :func:`~asap_fast.pipeline.engine.run_corpus`
 on the driver, in chunks of ``--ray-chunk`` rows; each chunk is scored by a Ray Data pipeline
@@ -47,7 +47,8 @@ class _ScorerActor:
         before = getattr(self.stage, "tokens_scored", 0)
         results = list(self.stage.process(rows))  # consumed before the token count is read
         tokens = getattr(self.stage, "tokens_scored", 0) - before
-        out = [pickle.dumps(("error", str(r)) if isinstance(r, RowError) else ("ok", r)) for r in results]
+        # a reject travels as its message and the stage it names (`asap compress` rejects name theirs)
+        out = [pickle.dumps(("error", (str(r), r.stage)) if isinstance(r, RowError) else ("ok", r)) for r in results]
         return {"idx": np.asarray(batch["idx"]), "out": np.array(out, dtype=object),
                 "tokens": np.full(len(out), 0, dtype=np.int64) if not out else
                 np.array([tokens] + [0] * (len(out) - 1), dtype=np.int64)}
@@ -105,7 +106,7 @@ class RayProcessor:
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for idx, out, tokens in zip(batch["idx"], batch["out"], batch["tokens"]):
                 kind, value = pickle.loads(out)
-                results[int(idx)] = RowError(value) if kind == "error" else value
+                results[int(idx)] = RowError(*value) if kind == "error" else value
                 self.tokens_scored += int(tokens)
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
