@@ -211,7 +211,8 @@ def test_explicit_triton_on_cpu_without_interpreter_fails_loudly(monkeypatch):
 INTERPRETER_CASES = [
     # defaults: BLOCK_N 16, 3 vocab tiles -> 3 splits + combine
     dict(n=1, d=1, v=300, bias=True),
-    # defaults: BLOCK_N 64, 8 splits of one tile each, the last a tail of 105 columns
+    # defaults: BLOCK_N 64, 8 splits (16-bit: one 128-column tile each, the last a tail of 105
+    # columns; fp32: BLOCK_V 64, two tiles each)
     dict(n=37, d=67, v=1001, bias=False),
     # a single split writes the output directly; odd D with BLOCK_D 32 masks the D tail
     dict(n=37, d=67, v=1001, bias=True, num_splits=1, block_d=32),
@@ -223,6 +224,9 @@ INTERPRETER_CASES = [
     dict(n=9, d=24, v=333, bias=False, strided=True, block_v=32, num_splits=5),
     # a real vocabulary plus one: the last 128-column tile holds one column
     dict(n=3, d=20, v=151937, bias=False),
+    # sm_80's fp32 tiles ([*, 64] x 16, asap_fast.ops.linear_logsoftmax_gather._TILES): BLOCK_N 128,
+    # a D tail of 8 after two 16-wide blocks, a vocab tail of 3 columns
+    dict(n=70, d=40, v=515, bias=True, block_v=64, block_d=16),
     # D = 900: 28 full 32-wide D blocks and a tail of 4
     dict(n=5, d=900, v=1000, bias=True, num_splits=2),
     # both at once, fp32 only: the interpreter gathers the whole 137M-element weight through index

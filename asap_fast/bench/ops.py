@@ -241,3 +241,55 @@ def run(config: OpsConfig, *, log=print) -> list[dict]:
     log(common.format_table(["op", "shape", "provider", "p50 ms", "TFLOP/s", "GB/s", "peak MiB", "vs eager", "check"],
                             table))
     return rows
+
+
+@dataclass
+class AotConfig:
+    """``asap bench ops --aot``: compile every kernel configuration for these architectures, no GPU needed."""
+
+    archs: tuple[str, ...] = ("sm_80", "sm_90", "sm_100")
+    only: str | None = None  # compile only the specs whose label contains this
+
+    def __post_init__(self):
+        from asap_fast.ops._dispatch import ARCHS
+
+        unknown = [a for a in self.archs if a not in ARCHS]
+        if unknown or not self.archs:
+            raise ValueError(f"--arch takes a comma-separated subset of {','.join(ARCHS)}; got {','.join(self.archs)}")
+
+
+def run_aot(config: AotConfig, *, log=print) -> list[dict]:
+    """Compile every spec of :func:`asap_fast.ops.aot.aot_specs` per arch; print registers, spills,
+    stack, shared memory and tensor-core instructions per spec; return tidy rows (one per figure).
+
+    Spills, stack or a dot kernel without tensor-core instructions on sm_80/sm_90 are marked FAIL
+    in the table (tests/test_ops_aot.py enforces them); on sm_100 they are listed only.
+    """
+    from asap_fast.ops.aot import aot_specs, compile_spec
+
+    headers = ["arch", "spec", "regs", "spill st/ld", "stack", "smem", "tensor-core", "check"]
+    table, rows, failures = [], [], 0
+    device = torch.device("cpu")
+    for arch in config.archs:
+        for spec in aot_specs(arch):
+            if config.only and config.only not in spec.label:
+                continue
+            report = compile_spec(spec, arch)
+            problems = report.problems
+            enforced = arch != "sm_100"
+            failures += bool(problems) and enforced
+            check = "ok" if not problems else ("FAIL: " if enforced else "listed: ") + "; ".join(problems)
+            table.append([arch, spec.label, str(report.registers), f"{report.spill_stores}/{report.spill_loads}",
+                          str(report.stack), str(report.shared), str(report.tensor_core_instructions), check])
+            log(common.format_table(headers, [table[-1]]).splitlines()[-1])
+            for metric, unit, value in (("registers", "per_thread", report.registers),
+                                        ("spill_stores", "bytes", report.spill_stores),
+                                        ("spill_loads", "bytes", report.spill_loads),
+                                        ("stack", "bytes", report.stack),
+                                        ("shared_memory", "bytes", report.shared),
+                                        ("tensor_core_instructions", "count", report.tensor_core_instructions)):
+                rows.append(common.make_row("aot_compile", arch, spec.label, "", metric, unit, (value,) * 3, device))
+    log("")
+    log(common.format_table(headers, table))
+    log(f"{len(table)} specs compiled; {failures} fail the sm_80/sm_90 check (no spill, tensor cores in dot kernels)")
+    return rows

@@ -42,7 +42,8 @@ def add(subparsers) -> None:
             "Time, TFLOP/s, GB/s and peak memory of the fused ops against torch eager and "
             "F.linear_cross_entropy (and our own torch path and tf32x3 option on CUDA), on random inputs."
         ),
-        example="asap bench ops --quick\nasap bench ops --n 64 4096 16384 --d 896 3584 --v 151936 --dtype bfloat16",
+        example="asap bench ops --quick\nasap bench ops --n 64 4096 16384 --d 896 3584 --v 151936 --dtype bfloat16\n"
+                "asap bench ops --aot --arch sm_80,sm_90 --csv aot.csv",
     )
     o.add_argument("--ops", type=_comma_list, default=["linear", "logsoftmax"],
                    help="comma-separated: linear (linear_logsoftmax_gather), logsoftmax (logsoftmax_gather)")
@@ -61,6 +62,13 @@ def add(subparsers) -> None:
                    help="skip providers that materialise [N, V] when that needs more than this "
                         "(default: a third of the device's memory)")
     o.add_argument("--quick", action="store_true", help="small grid, few reps (a smoke run)")
+    o.add_argument("--aot", action="store_true",
+                   help="instead of timing: compile every kernel configuration the ops can launch for --arch "
+                        "(no GPU needed) and print registers, spills, stack, shared memory and tensor-core "
+                        "instructions per configuration")
+    o.add_argument("--arch", type=_comma_list, default=["sm_80", "sm_90", "sm_100"],
+                   help="with --aot: comma-separated subset of sm_80,sm_90,sm_100 (default: all three)")
+    o.add_argument("--spec", default=None, help="with --aot: only the configurations whose label contains this")
     _csv_options(o)
     o.set_defaults(func=run)
 
@@ -127,7 +135,11 @@ def add(subparsers) -> None:
 def run(args) -> int:
     from asap_fast.bench.common import append_rows
 
-    if args.measurement == "ops":
+    if args.measurement == "ops" and args.aot:
+        from asap_fast.bench.ops import AotConfig, run_aot as measure
+
+        config = AotConfig(archs=tuple(args.arch), only=args.spec)
+    elif args.measurement == "ops":
         from asap_fast.bench.ops import OpsConfig, run as measure
 
         config = OpsConfig(ops=tuple(args.ops), n=args.n, d=args.d, v=args.v, dtype=args.dtype, device=args.device,

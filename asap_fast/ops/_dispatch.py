@@ -210,6 +210,24 @@ def check_targets_range(targets: torch.Tensor, n_classes: int) -> None:
         raise ValueError(f"targets must lie in [0, V) = [0, {n_classes}); got min {int(lowest)}, max {int(highest)}")
 
 
+# GPU architectures the kernels are compiled for ahead of time (asap_fast.ops.aot) and tuned per.
+ARCHS = ("sm_80", "sm_90", "sm_100")
+
+
+def arch_of_capability(major: int, minor: int = 0) -> str:
+    """The tuning family of a CUDA compute capability: sm_100 from 10.0 up, sm_90 for 9.x, else sm_80."""
+    if major >= 10:
+        return "sm_100"
+    return "sm_90" if major == 9 else "sm_80"
+
+
+def device_arch(device: torch.device) -> str:
+    """The tuning family ("sm_80", "sm_90", "sm_100") of a CUDA device; "sm_90" elsewhere (the interpreter)."""
+    if device.type == "cuda":
+        return arch_of_capability(*torch.cuda.get_device_capability(device))
+    return "sm_90"
+
+
 def num_sms(device: torch.device) -> int:
     """Streaming multiprocessors of a CUDA device (a small fixed number elsewhere: the interpreter)."""
     if device.type == "cuda":

@@ -27,14 +27,16 @@ from asap_fast.ops._dispatch import (
     check_float_matrix,
     check_impl,
     check_targets,
+    ARCHS,
     check_targets_range,
+    device_arch,
     num_sms,
     run_impl,
     tl,
     triton,
 )
 
-__all__ = ["FP32_PRECISIONS", "linear_logsoftmax_gather", "linear_logsoftmax_gather_ref", "plan_torch_chunks"]
+__all__ = ["FP32_PRECISIONS", "plan_launches", "linear_logsoftmax_gather", "linear_logsoftmax_gather_ref", "plan_torch_chunks"]
 
 # tl.dot precisions offered for fp32 inputs: "ieee" (exact fp32 FMA, off the tensor cores) and
 # "tf32x3" (three TF32 tensor-core products, ~fp32 accuracy). Plain "tf32" (~1e-3 relative error
@@ -43,6 +45,8 @@ FP32_PRECISIONS = ("ieee", "tf32x3")
 
 
 if triton is not None:
+    LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
+    LN2: tl.constexpr = tl.constexpr(0.6931471805599453)
 
     # Row counts and split sizes vary from call to call: specializing on them (== 1, multiples of
     # 16) would compile a new kernel for each new value instead of reusing one.
@@ -52,8 +56,8 @@ if triton is not None:
         Weight_ptr,  # (V, D) same dtype as hidden
         Bias_ptr,  # (V,) fp32/bf16/fp16, unused unless HAS_BIAS
         Targets_ptr,  # (N,) int64; rows whose target is outside [0, V) get NaN
-        PartialMax_ptr,  # (num_splits, N) fp32: per split, max logit of the row
-        PartialSumExp_ptr,  # (num_splits, N) fp32: sum of exp(logit - that max)
+        PartialMax_ptr,  # (num_splits, N) fp32: per split, max logit of the row times log2(e)
+        PartialSumExp_ptr,  # (num_splits, N) fp32: sum of exp2(logit * log2(e) - that max)
         PartialTarget_ptr,  # (num_splits, N) fp32: target logit if it falls in the split, else 0
         Out_ptr,  # (N,) fp32, written directly when WRITE_OUTPUT (a single split)
         n_rows,
@@ -80,16 +84,11 @@ if triton is not None:
         split = tl.program_id(1).to(tl.int64)
         rows = row_block * BLOCK_N + tl.arange(0, BLOCK_N)
         row_mask = rows < n_rows
-        targets = tl.load(Targets_ptr + rows, mask=row_mask, other=-1)
         hidden_row_ptrs = Hidden_ptr + rows[:, None] * stride_hidden_row
 
-        running_max = tl.full([BLOCK_N], float("-inf"), tl.float32)
+        # Logits are carried in base 2 (scaled by log2(e)): exp2 is one MUFU.EX2, exp an extra multiply.
+        running_max = tl.full([BLOCK_N], float("-inf"), tl.float32)  # log2 units
         running_sum = tl.zeros([BLOCK_N], tl.float32)
-        # NaN for a target outside [0, V): it matches no column, and the range is not checked on
-        # the host (a sync per call); NaN survives the combine of the splits.
-        target_ok = (targets >= 0) & (targets < n_vocab)
-        target_logit = tl.where(target_ok, 0.0, float("nan"))
-        tile_columns = tl.arange(0, BLOCK_V)
 
         v_begin = split * tiles_per_split * BLOCK_V
         v_end = tl.minimum(v_begin + tiles_per_split * BLOCK_V, n_vocab)
@@ -114,24 +113,40 @@ if triton is not None:
                 acc = tl.dot(h, tl.trans(w), acc, input_precision=DOT_PRECISION)
             if HAS_BIAS:
                 acc += tl.load(Bias_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-            logits = tl.where(col_mask[None, :], acc, float("-inf"))
-
-            # int32 comparison against the tile's own column numbers: |target - v_start| < 2**31
-            # for any vocabulary an int32 index can address, and int64 lanes cost twice the registers.
-            tile_targets = (targets - v_start).to(tl.int32)
-            target_logit += tl.sum(tl.where(tile_columns[None, :] == tile_targets[:, None], logits, 0.0), axis=1)
-            new_max = tl.maximum(running_max, tl.max(logits, axis=1))
-            # All -inf so far (a bias that masks vocab): shift by 0 so exp gives 0, not nan.
+            # One live [BLOCK_N, BLOCK_V] fp32 tile besides the accumulator: the target logit is
+            # not picked out of the tile (a where-sum, a third tile) but computed on its own below.
+            scaled = tl.where(col_mask[None, :], acc * LOG2E, float("-inf"))
+            new_max = tl.maximum(running_max, tl.max(scaled, axis=1))
+            # All -inf so far (a bias that masks vocab): shift by 0 so exp2 gives 0, not nan.
             shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-            running_sum = running_sum * tl.exp(running_max - shift) + tl.sum(
-                tl.exp(logits - shift[:, None]), axis=1
-            )
+            running_sum = running_sum * tl.exp2(running_max - shift) + tl.sum(tl.exp2(scaled - shift[:, None]), axis=1)
             running_max = new_max
 
+        # The target logit, by its own per-row dot product in the one split whose columns hold the
+        # target: BLOCK_N weight rows gathered once (N*D elements in all, against V*D for the tiles),
+        # fp32 products of the input values, as exact as the tile's own.
+        # NaN for a target outside [0, V): the range is not checked on the host (a sync per call);
+        # NaN survives the combine of the splits.
+        # Loaded only now: int64 targets held across the vocab loop cost registers (small spills on sm_80).
+        targets = tl.load(Targets_ptr + rows, mask=row_mask, other=-1)
+        target_ok = (targets >= 0) & (targets < n_vocab)
+        in_split = target_ok & (targets >= v_begin) & (targets < v_end)
+        target_row_ptrs = Weight_ptr + tl.where(in_split, targets, 0)[:, None] * stride_weight_row
+        target_dot = tl.zeros([BLOCK_N], tl.float32)
+        for d_start in range(0, n_hidden, BLOCK_D):
+            ds = d_start + tl.arange(0, BLOCK_D)
+            t_mask = in_split[:, None] & (ds[None, :] < n_hidden)
+            h = tl.load(hidden_row_ptrs + ds[None, :] * stride_hidden_col, mask=t_mask, other=0.0)
+            w = tl.load(target_row_ptrs + ds[None, :] * stride_weight_col, mask=t_mask, other=0.0)
+            target_dot += tl.sum(h.to(tl.float32) * w.to(tl.float32), axis=1)
+        if HAS_BIAS:
+            target_dot += tl.load(Bias_ptr + targets, mask=in_split, other=0.0).to(tl.float32)
+        target_logit = tl.where(target_ok, tl.where(in_split, target_dot, 0.0), float("nan"))
+
         if WRITE_OUTPUT:
-            # Padded rows (row_mask False) have a zero sum; log(1) keeps the interpreter quiet.
-            log_sum = tl.log(tl.where(row_mask, running_sum, 1.0))
-            tl.store(Out_ptr + rows, target_logit - (running_max + log_sum), mask=row_mask)
+            # Padded rows (row_mask False) have a zero sum; log2(1) keeps the interpreter quiet.
+            log2_sum = tl.log2(tl.where(row_mask, running_sum, 1.0))
+            tl.store(Out_ptr + rows, target_logit - (running_max + log2_sum) * LN2, mask=row_mask)
         else:
             offsets = split * stride_partial_split + rows
             tl.store(PartialMax_ptr + offsets, running_max, mask=row_mask)
@@ -140,8 +155,8 @@ if triton is not None:
 
     @triton.jit(do_not_specialize=["n_rows", "num_splits"])
     def _combine_partials_kernel(
-        PartialMax_ptr,  # (num_splits, N) fp32
-        PartialSumExp_ptr,  # (num_splits, N) fp32
+        PartialMax_ptr,  # (num_splits, N) fp32, log2 units
+        PartialSumExp_ptr,  # (num_splits, N) fp32, sums of exp2
         PartialTarget_ptr,  # (num_splits, N) fp32
         Out_ptr,  # (N,) fp32
         n_rows,
@@ -162,27 +177,127 @@ if triton is not None:
             target_logit += tl.load(PartialTarget_ptr + offsets, mask=row_mask, other=0.0)
             new_max = tl.maximum(running_max, part_max)
             shift = tl.where(new_max == float("-inf"), 0.0, new_max)
-            running_sum = running_sum * tl.exp(running_max - shift) + part_sum * tl.exp(part_max - shift)
+            running_sum = running_sum * tl.exp2(running_max - shift) + part_sum * tl.exp2(part_max - shift)
             running_max = new_max
             offsets += stride_partial_split
-        log_sum = tl.log(tl.where(row_mask, running_sum, 1.0))
-        tl.store(Out_ptr + rows, target_logit - (running_max + log_sum), mask=row_mask)
+        log2_sum = tl.log2(tl.where(row_mask, running_sum, 1.0))
+        tl.store(Out_ptr + rows, target_logit - (running_max + log2_sum) * LN2, mask=row_mask)
 
 
-def _triton_config(n_rows: int, n_hidden: int, n_vocab: int, device: torch.device, dtype: torch.dtype):
+# Row-block sizes the dispatcher picks from (tl.dot needs every tile dimension >= 16); beyond 128
+# rows the fp32 accumulator tile [BLOCK_N, BLOCK_V] no longer fits the registers of one program.
+BLOCK_N_CHOICES = (16, 32, 64, 128)
+COMBINE_BLOCK_N = 256
+COMBINE_WARPS = 4
+
+
+# Tiles of the partials kernel per arch, per operand kind ("16bit": bf16 / fp16; fp32 by precision)
+# and BLOCK_N: (BLOCK_V, BLOCK_D, num_warps, num_stages, maxnreg). Every entry was picked by the AOT
+# compile (``asap bench ops --aot``; benchmarks/README.md has the figures) as the first, widest,
+# candidate with 0 spill bytes over its bias / single-split variants:
+# - fp32 operands take twice the registers of 16-bit ones and tf32x3 keeps three operand splits
+#   live, so fp32 tiles are narrower: BLOCK_D 16-32 and, from 64 rows (sm_90: 128), BLOCK_V 64. On
+#   sm_80, whose mma.sync / FMA keep operand fragments in registers, BLOCK_D 16 and 8 warps.
+# - maxnreg (ptxas's .maxnreg) is None (ptxas's choice) unless that spilled: ptxas 12.x then often
+#   aims at exactly 128 registers and spills 4-20 bytes to reach it (sm_80 16-bit at 16-32 rows, sm_80
+#   fp32 ieee at 128); a stated budget of 255 keeps those values in registers. It is not set
+#   everywhere: on sm_90 fp32 ieee the 255 budget made ptxas spill 16 bytes where its own choice
+#   (148-200 registers) spilled none.
+# - The widest tile is not always kept: sm_90 fp32 ieee [128, 64] x 32 spilled 16-68 bytes whatever
+#   the budget; [128, 64] x 16 does not (twice the D iterations, the same bytes from HBM).
+_TILES = {
+    "sm_80": {
+        ("16bit", 16): (128, 64, 4, 3, 255), ("16bit", 32): (128, 64, 4, 3, 255),
+        ("16bit", 64): (128, 64, 4, 3, None), ("16bit", 128): (128, 64, 8, 3, None),
+        ("ieee", 16): (128, 32, 8, 3, None), ("ieee", 32): (128, 32, 8, 3, None),
+        ("ieee", 64): (64, 16, 4, 3, None), ("ieee", 128): (64, 16, 8, 3, 255),
+        ("tf32x3", 16): (64, 32, 4, 3, None), ("tf32x3", 32): (128, 32, 8, 3, None),
+        ("tf32x3", 64): (128, 16, 8, 3, None), ("tf32x3", 128): (64, 16, 8, 3, None),
+    },
+    "sm_90": {
+        ("16bit", 16): (128, 64, 4, 3, None), ("16bit", 32): (128, 64, 4, 3, None),
+        ("16bit", 64): (128, 64, 4, 3, None), ("16bit", 128): (128, 64, 8, 3, None),
+        ("ieee", 16): (128, 32, 4, 3, None), ("ieee", 32): (128, 32, 4, 3, None),
+        ("ieee", 64): (64, 32, 4, 3, None), ("ieee", 128): (64, 16, 8, 3, None),
+        ("tf32x3", 16): (128, 32, 4, 3, None), ("tf32x3", 32): (128, 32, 8, 3, None),
+        ("tf32x3", 64): (64, 32, 4, 3, None), ("tf32x3", 128): (64, 32, 8, 3, None),
+    },
+}
+# sm_100 (tcgen05 MMA, accumulators in tensor memory): sm_90's table, not tuned beyond one entry;
+# its figures are reported by the AOT compile, not enforced. 16-bit at 128 rows with a bias spilled
+# 40 bytes at 3 stages (with or without maxnreg 255) and none at 4 (254 registers; 4 stages of
+# [128, 64] + [128, 64] 16-bit tiles are 128 KiB of sm_100's 228 KiB shared memory).
+_TILES["sm_100"] = {**_TILES["sm_90"], ("16bit", 128): (128, 64, 8, 4, None)}
+
+
+def partials_tile(block_n: int, dtype: torch.dtype, precision: str, arch: str) -> tuple[int, int, int, int, int | None]:
+    """(BLOCK_V, BLOCK_D, num_warps, num_stages, maxnreg) of the partials kernel for a row block of ``block_n``.
+
+    From the AOT compile: every choice compiles without spills on sm_80 and sm_90 (``_TILES``).
+    ``arch`` is "sm_80", "sm_90" or "sm_100"; ``precision`` matters for fp32 only.
+    """
+    assert block_n in BLOCK_N_CHOICES and arch in ARCHS
+    return _TILES[arch][(precision if dtype == torch.float32 else "16bit", block_n)]
+
+
+def _triton_config(n_rows: int, n_hidden: int, n_vocab: int, n_sms: int, dtype: torch.dtype, precision: str,
+                   arch: str):
     """Block sizes, warps, stages and the number of vocab splits for the partials kernel."""
-    # tl.dot needs every tile dimension >= 16; beyond 128 rows the fp32 accumulator tile
-    # [BLOCK_N, BLOCK_V] no longer fits the registers of one program.
     block_n = min(128, max(16, triton.next_power_of_2(n_rows)))
-    block_v = 128
-    block_d = 64 if dtype != torch.float32 else 32
+    block_v, block_d, num_warps, num_stages, maxnreg = partials_tile(block_n, dtype, precision, arch)
     row_blocks = triton.cdiv(n_rows, block_n)
     vocab_tiles = triton.cdiv(n_vocab, block_v)
     # Enough programs for about two waves over the SMs: with K of tens of rows a single row block
     # must be split over the vocab, with thousands of rows the row blocks alone fill the GPU.
-    num_splits = max(1, min(vocab_tiles, triton.cdiv(2 * num_sms(device), row_blocks)))
-    num_warps = 8 if block_n >= 128 else 4
-    return block_n, block_v, block_d, num_splits, num_warps, 3
+    num_splits = max(1, min(vocab_tiles, triton.cdiv(2 * n_sms, row_blocks)))
+    return block_n, block_v, block_d, num_splits, num_warps, num_stages, maxnreg
+
+
+def _dot_precision(dtype: torch.dtype, input_precision: str, upcast_operands: bool) -> str:
+    # fp32 products never in plain TF32 (tl.dot's default for fp32, ~1e-3 relative error); for
+    # bf16/fp16 operands the value is ignored by tl.dot.
+    return input_precision if dtype == torch.float32 or upcast_operands else "tf32"
+
+
+def plan_launches(n_rows: int, n_hidden: int, n_vocab: int, dtype: torch.dtype, has_bias: bool, *,
+                  input_precision: str = "ieee", arch: str, n_sms: int, block_n: int | None = None,
+                  block_v: int | None = None, block_d: int | None = None, num_splits: int | None = None,
+                  upcast_operands: bool = False) -> list[dict]:
+    """The kernel launches of one call, as the launcher makes them (n_rows >= 1).
+
+    Each: ``fn``, ``grid``, ``constexprs`` (argument name -> value), ``num_warps``, ``num_stages``,
+    ``maxnreg`` (None: ptxas's choice),
+    ``tiles_per_split`` / ``num_splits`` for the partials kernel. ``asap_fast.ops.aot`` compiles
+    every launch this can return over its shape grid; a test checks that over the grid.
+    """
+    cfg_n, cfg_v, cfg_d, cfg_splits, num_warps, num_stages, maxnreg = _triton_config(
+        n_rows, n_hidden, n_vocab, n_sms, dtype, input_precision, arch
+    )
+    block_n = block_n or cfg_n
+    block_v = block_v or cfg_v
+    block_d = block_d or cfg_d
+    vocab_tiles = triton.cdiv(n_vocab, block_v)
+    tiles_per_split = triton.cdiv(vocab_tiles, min(num_splits or cfg_splits, vocab_tiles))
+    # Recomputed from tiles_per_split so that no split is empty.
+    num_splits = triton.cdiv(vocab_tiles, tiles_per_split)
+    row_blocks = triton.cdiv(n_rows, block_n)
+    write_output = num_splits == 1
+    launches = [dict(
+        fn=_linear_lse_partials_kernel, grid=(row_blocks, num_splits), num_warps=num_warps,
+        num_stages=num_stages, maxnreg=maxnreg, tiles_per_split=tiles_per_split, num_splits=num_splits,
+        constexprs=dict(
+            HAS_BIAS=has_bias, WRITE_OUTPUT=write_output, EVEN_D=n_hidden % block_d == 0, BLOCK_N=block_n,
+            BLOCK_V=block_v, BLOCK_D=block_d,
+            DOT_PRECISION=_dot_precision(dtype, input_precision, upcast_operands),
+            UPCAST_OPERANDS=upcast_operands,
+        ),
+    )]
+    if not write_output:
+        launches.append(dict(
+            fn=_combine_partials_kernel, grid=(triton.cdiv(n_rows, COMBINE_BLOCK_N),), num_warps=COMBINE_WARPS,
+            num_stages=1, maxnreg=None, constexprs=dict(BLOCK_N=COMBINE_BLOCK_N),
+        ))
+    return launches
 
 
 def _linear_logsoftmax_gather_triton(
@@ -208,25 +323,18 @@ def _linear_logsoftmax_gather_triton(
     out = torch.empty(n_rows, dtype=torch.float32, device=hidden.device)
     if n_rows == 0:
         return out
-    cfg_n, cfg_v, cfg_d, cfg_splits, num_warps, num_stages = _triton_config(
-        n_rows, n_hidden, n_vocab, hidden.device, hidden.dtype
-    )
-    block_n = block_n or cfg_n
-    block_v = block_v or cfg_v
-    block_d = block_d or cfg_d
-    vocab_tiles = triton.cdiv(n_vocab, block_v)
-    tiles_per_split = triton.cdiv(vocab_tiles, min(num_splits or cfg_splits, vocab_tiles))
-    # Recomputed from tiles_per_split so that no split is empty.
-    num_splits = triton.cdiv(vocab_tiles, tiles_per_split)
-    row_blocks = triton.cdiv(n_rows, block_n)
-
-    write_output = num_splits == 1
     # Triton's interpreter (3.9 included) multiplies bf16 tiles as their raw uint16 bits in tl.dot
     # (triton-lang/triton#11584), so under TRITON_INTERPRET the operands go to fp32 first; compiled
     # kernels keep bf16 tensor-core MMA.
     upcast_operands = TRITON_INTERPRETED and hidden.dtype == torch.bfloat16
-    partials = torch.empty((3, num_splits if not write_output else 1, n_rows), dtype=torch.float32, device=out.device)
-    _linear_lse_partials_kernel[(row_blocks, num_splits)](
+    partials_launch, *combine = plan_launches(
+        n_rows, n_hidden, n_vocab, hidden.dtype, bias is not None, input_precision=input_precision,
+        arch=device_arch(hidden.device), n_sms=num_sms(hidden.device), block_n=block_n, block_v=block_v,
+        block_d=block_d, num_splits=num_splits, upcast_operands=upcast_operands,
+    )
+    num_splits = partials_launch["num_splits"]
+    partials = torch.empty((3, num_splits if combine else 1, n_rows), dtype=torch.float32, device=out.device)
+    _linear_lse_partials_kernel[partials_launch["grid"]](
         hidden,
         weight,
         bias if bias is not None else hidden,  # never read when HAS_BIAS is False
@@ -238,27 +346,19 @@ def _linear_logsoftmax_gather_triton(
         n_rows,
         n_hidden,
         n_vocab,
-        tiles_per_split,
+        partials_launch["tiles_per_split"],
         hidden.stride(0),
         hidden.stride(1),
         weight.stride(0),
         weight.stride(1),
         partials.stride(1),
-        HAS_BIAS=bias is not None,
-        WRITE_OUTPUT=write_output,
-        EVEN_D=n_hidden % block_d == 0,
-        BLOCK_N=block_n,
-        BLOCK_V=block_v,
-        BLOCK_D=block_d,
-        # fp32 products never in plain TF32 (tl.dot's default for fp32, ~1e-3 relative error).
-        DOT_PRECISION=input_precision if hidden.dtype == torch.float32 or upcast_operands else "tf32",
-        UPCAST_OPERANDS=upcast_operands,
-        num_warps=num_warps,
-        num_stages=num_stages,
+        **partials_launch["constexprs"],
+        num_warps=partials_launch["num_warps"],
+        num_stages=partials_launch["num_stages"],
+        maxnreg=partials_launch["maxnreg"],
     )
-    if not write_output:
-        combine_block = 256
-        _combine_partials_kernel[(triton.cdiv(n_rows, combine_block),)](
+    for launch in combine:
+        _combine_partials_kernel[launch["grid"]](
             partials[0],
             partials[1],
             partials[2],
@@ -266,8 +366,9 @@ def _linear_logsoftmax_gather_triton(
             n_rows,
             num_splits,
             partials.stride(1),
-            BLOCK_N=combine_block,
-            num_warps=4,
+            **launch["constexprs"],
+            num_warps=launch["num_warps"],
+            num_stages=launch["num_stages"],
         )
     return out
 

@@ -67,6 +67,15 @@ if triton is not None:
         tl.store(Out_ptr + row, target_logit - (running_max + tl.log(running_sum)))
 
 
+def plan_launch(n_rows: int, n_vocab: int, *, block_v: int | None = None) -> dict:
+    """The one launch of a call (n_rows >= 1): ``fn``, ``grid``, ``constexprs``, ``num_warps``,
+    ``num_stages``; ``asap_fast.ops.aot`` compiles every launch this returns over its shape grid."""
+    if block_v is None:
+        block_v = min(_MAX_BLOCK_V, triton.next_power_of_2(n_vocab))
+    return dict(fn=_logsoftmax_gather_kernel, grid=(n_rows,), constexprs=dict(BLOCK_V=block_v),
+                num_warps=8 if block_v >= 2048 else 4, num_stages=3, maxnreg=None)
+
+
 def _logsoftmax_gather_triton(
     logits: torch.Tensor, targets: torch.Tensor, *, block_v: int | None = None
 ) -> torch.Tensor:
@@ -75,17 +84,17 @@ def _logsoftmax_gather_triton(
     out = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
     if n_rows == 0:
         return out
-    if block_v is None:
-        block_v = min(_MAX_BLOCK_V, triton.next_power_of_2(n_vocab))
-    _logsoftmax_gather_kernel[(n_rows,)](
+    launch = plan_launch(n_rows, n_vocab, block_v=block_v)
+    _logsoftmax_gather_kernel[launch["grid"]](
         logits,
         targets,
         out,
         n_vocab,
         logits.stride(0),
         logits.stride(1),
-        BLOCK_V=block_v,
-        num_warps=8 if block_v >= 2048 else 4,
+        **launch["constexprs"],
+        num_warps=launch["num_warps"],
+        num_stages=launch["num_stages"],
     )
     return out
 
