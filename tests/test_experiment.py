@@ -68,7 +68,7 @@ def test_fingerprints_do_not_depend_on_where_dir_is(tmp_path):
 
 @pytest.mark.parametrize("edit, changed", [
     # one method's budget: that method's chain only
-    (lambda d: d["methods"]["asap"].update(ratio=0.4), {"compress/asap", "sft/asap", "eval/asap/eval-mini"}),
+    (lambda d: d["methods"]["asap"].update(match_ratio=0.4), {"compress/asap", "sft/asap", "eval/asap/eval-mini"}),
     # an SFT override: every training and what evaluates it, no compression
     (lambda d: d["sft"]["overrides"].update(max_steps=3),
      {f"sft/{m}" for m in ("asap", "selective-context", "spirit")}

@@ -78,7 +78,8 @@ def _changes(old: list[str], new: list[str]) -> str:
         removed, added = [a for a in removed if not a.startswith("<")], [a for a in added if not a.startswith("<")]
         if removed or added:
             # a changed value is shown with its flag: "--ratio 0.5 -> --ratio 0.4"
-            flag = old[i1 - 1] if i1 > 0 and old[i1 - 1].startswith("--") and op == "replace" else None
+            values_only = not any(a.startswith("--") for a in removed + added)
+            flag = old[i1 - 1] if op == "replace" and values_only and i1 > 0 and old[i1 - 1].startswith("--") else None
             was.append(" ".join(([flag] if flag else []) + removed) or "-")
             now.append(" ".join(([flag] if flag else []) + added) or "-")
     parts = []
