@@ -69,14 +69,16 @@ def cli_outputs(tmp_path, rows, *argv) -> tuple[dict, dict]:
     return written, rejected
 
 
-def assert_same_as_cli(output_rows: list[dict], written: dict, rejected: dict, method: str, inputs) -> None:
+def assert_same_as_cli(output_rows: list[dict], written: dict, rejected: dict, method: str, inputs,
+                       fields: tuple | None = None) -> None:
     """Every Compressor row equals the CLI's: a written row in every field the CLI wrote (input
     fields included; the fields the row lacked are null), a rejected one by its reason."""
+    fields = fields or OUTPUT_FIELDS[method]
     assert {r["id"] for r in output_rows} == set(written) | set(rejected)
     for row in output_rows:
         if row["id"] in rejected:
             assert row[REJECT_FIELD] == rejected[row["id"]], row["id"]
-            assert all(row[name] is None for name in OUTPUT_FIELDS[method])
+            assert all(row[name] is None for name in fields)
             continue
         expected = written[row["id"]]
         assert row[REJECT_FIELD] is None, row[REJECT_FIELD]
@@ -84,7 +86,7 @@ def assert_same_as_cli(output_rows: list[dict], written: dict, rejected: dict, m
             assert dumps(row[name]) == dumps(value), (row["id"], name)
         assert all(row[name] is None for name in row if name not in expected and name != REJECT_FIELD)
         new = [name for name in expected if name not in inputs]
-        assert tuple(new) == OUTPUT_FIELDS[method]  # the declared columns are exactly what the CLI adds
+        assert tuple(new) == fields  # the declared columns are exactly what the CLI adds
 
 
 @pytest.fixture(scope="module")
@@ -328,3 +330,22 @@ def test_generated_damage_is_rejected_as_the_cli_rejects_it(seed, cot_traces, as
         assert line in rejected, row["id"]
         rejected[row["id"]] = rejected.pop(line)
     assert_same_as_cli(output_rows, written, rejected, "asap", columns)
+
+
+@pytest.mark.parametrize("method, argv", [("asap", ("fine",)), ("selective-context", ("compress", "--method",
+                                                                                       "selective-context"))])
+def test_matched_rows_declare_their_knob_and_equal_the_cli(method, argv, rows, tmp_path):
+    """With match_ratio every row records ``match_knob`` (and stage 2 its ``achieved_ratio``), declared
+    like the other output columns, so a batch of rejects alone still has them."""
+    datasets = pytest.importorskip("datasets")
+    from asap_fast.pipeline.compressor import output_fields
+
+    fields = output_fields(method, matched=True)
+    assert "match_knob" in fields and ("achieved_ratio" in fields)
+    written, rejected = cli_outputs(tmp_path, rows, argv[0], *argv[1:], "--match-ratio", "0.5")
+    compressor = af.Compressor(method, match_ratio=0.5)
+    inputs = set(as_columns(rows))
+    mapped = datasets.Dataset.from_dict(as_columns(rows)).map(compressor, batched=True, batch_size=3)
+    assert_same_as_cli(list(mapped), written, rejected, method, inputs, fields)
+    only_rejects = compressor(as_columns([r for r in rows if r["id"] in rejected]))
+    assert set(fields) <= set(only_rejects)

@@ -33,7 +33,8 @@ from asap_fast.methods import METHODS
 from asap_fast.pipeline.records import unwritable_text
 from asap_fast.stage2.fine import PruneConfig, ScorerSpec
 
-__all__ = ["JSON_TEXT_FIELDS", "OUTPUT_FIELDS", "REJECT_FIELD", "Compressor", "method_config", "output_schema"]
+__all__ = ["JSON_TEXT_FIELDS", "OUTPUT_FIELDS", "REJECT_FIELD", "Compressor", "method_config", "output_fields",
+           "output_schema"]
 
 REJECT_FIELD = "reject"
 REQUIRED = ("prompt", "generation")  # what the CLI's run engine requires of every row
@@ -58,7 +59,19 @@ assert set(OUTPUT_FIELDS) == set(METHODS)
 JSON_TEXT_FIELDS = frozenset({"kept_words"})
 
 
-def output_schema(method: str):
+def output_fields(method: str, matched: bool = False) -> tuple[str, ...]:
+    """``method``'s output columns in the CLI's order; with ``match_ratio`` a row also records the knob
+    it was matched with (``match_knob``), and stage 2 its ``achieved_ratio``."""
+    fields = OUTPUT_FIELDS[method]
+    if not matched:
+        return fields
+    if method == "asap":
+        return (*fields, "match_knob", "achieved_ratio")
+    at = fields.index("tokens_before")
+    return (*fields[:at], "match_knob", *fields[at:])
+
+
+def output_schema(method: str, matched: bool = False):
     """The Arrow types of ``method``'s output columns and ``reject`` (pyarrow.Schema)."""
     import pyarrow as pa
 
@@ -69,8 +82,10 @@ def output_schema(method: str):
         "kept_words": pa.string(), "tokenskip_ratio": pa.float64(), "tokens_before": pa.int64(),
         "tokens_after": pa.int64(), "achieved_ratio": pa.float64(),
         "messages": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])),
+        # a step budget for the step methods, a kept fraction or rate for the others
+        "match_knob": pa.int64() if method in ("asap", "spirit") else pa.float64(),
     }
-    return pa.schema([(name, types[name]) for name in OUTPUT_FIELDS[method]] + [(REJECT_FIELD, pa.string())])
+    return pa.schema([(name, types[name]) for name in output_fields(method, matched)] + [(REJECT_FIELD, pa.string())])
 
 # the options of each baseline besides budget / ratio / think_field / task (`asap compress --method`)
 METHOD_OPTIONS = {
@@ -203,8 +218,8 @@ class Compressor:
                    classifier baselines use only its tokenizer, to count tokens.
     budget, ratio: the target, as in the CLI (asap: budget 4096 by default; baselines: ratio 0.5)
     match_ratio:   ``--match-ratio``: the method's knob searched per row to keep this fraction of the
-                   tokens (docs/methods.md); a matched row's ``match_knob`` comes as an extra
-                   column, not declared in OUTPUT_FIELDS yet
+                   tokens (docs/methods.md); each row also gets ``match_knob``, the knob it was
+                   matched with (and ``achieved_ratio`` for asap)
     think_field, task, mode, steps_per_round: as `asap fine`'s options
     device, dtype, max_length, batch_tokens: where and how the scorer runs (ScorerSpec)
     threads:       torch's CPU thread count, set when the scorer loads (CPU scores can differ in the
@@ -232,7 +247,8 @@ class Compressor:
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.threads, self.quiet = threads, quiet
-        self.output_fields = OUTPUT_FIELDS[method]
+        self.matched = match_ratio is not None
+        self.output_fields = output_fields(method, self.matched)
         self._stage = None
 
     def __repr__(self) -> str:
@@ -249,7 +265,7 @@ class Compressor:
             import datasets
         except ImportError:
             raise ImportError("Compressor.features needs datasets: pip install datasets") from None
-        output = datasets.Features.from_arrow_schema(output_schema(self.method))
+        output = datasets.Features.from_arrow_schema(output_schema(self.method, self.matched))
         return datasets.Features({**(input_features or {}), **output})
 
     def load(self) -> Compressor:
@@ -328,7 +344,7 @@ class Compressor:
         first batch without rejects or without compressed rows would otherwise stop the map)."""
         import pyarrow as pa
 
-        declared = output_schema(self.method)
+        declared = output_schema(self.method, self.matched)
         arrays, names = [], []
         for name, values in out.items():
             if name in table.column_names and name not in declared.names:
