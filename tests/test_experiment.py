@@ -103,6 +103,8 @@ BAD_CONFIGS = {
     "not yaml": ("methods: [", "not valid YAML"),
     "a list": ("- 1\n", "top level: expected a mapping"),
     "unknown key": ({"methodz": {}}, "methodz: unknown key"),
+    "unknown traces key": ({"traces": {"path": "asap_fast:cot-traces", "limits": 3}}, "traces.limits: unknown key"),
+    "unknown benchmark key": ({"eval": {"benchmarks": {"b": {"data": "x", "split": 1}}}}, "eval.benchmarks.b.split"),
     "no methods": ({"methods": {}}, "methods: name at least one method"),
     "unknown method": ({"methods": {"x": {"method": "magic"}}}, "methods.x.method: unknown method 'magic'"),
     "base as a name": ({"methods": {"base": {"method": "asap"}}}, "methods.base"),

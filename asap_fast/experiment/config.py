@@ -92,6 +92,16 @@ class _Reader:
                 self.fail(key, f"keys must be strings, got {k!r}")
         return dict(value)
 
+    def known(self, section: dict, allowed: set[str], key: str) -> None:
+        unknown = sorted(set(section) - allowed)
+        if unknown:
+            where = f"{key}.{unknown[0]}" if key else unknown[0]
+            self.fail(where, f"unknown key (known: {', '.join(sorted(allowed))})")
+
+    def file_name(self, name: str, key: str, what: str) -> None:
+        if not name.replace("-", "").replace("_", "").isalnum():
+            self.fail(key, f"a {what}'s name may hold only letters, digits, - and _ (it names files)")
+
     def string(self, section: dict, name: str, key: str, *, default=None, required=True) -> str | None:
         value = section.get(name, default)
         if value is None:
@@ -110,14 +120,14 @@ class _Reader:
             self.fail(key, f"expected a whole number >= 1, got {value!r}")
         return value
 
-    def file(self, value: str, key: str) -> str:
+    def file(self, value: str) -> str:
         """A path relative to the config file (kept as written when it does not exist: the plan says so)."""
         packaged = _package_path(value)
         if packaged is not None:
             return packaged
         return str((self.base / os.path.expanduser(value)).resolve())
 
-    def model(self, value: str, key: str) -> str:
+    def model(self, value: str) -> str:
         """A local model directory relative to the config, else a hub id as written."""
         packaged = _package_path(value)
         if packaged is not None:
@@ -150,18 +160,17 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     r = _Reader(path.resolve())
     data = r.mapping(data, "top level")
-    unknown = sorted(set(data) - TOP_KEYS)
-    if unknown:
-        r.fail(unknown[0], f"unknown key (known: {', '.join(sorted(TOP_KEYS))})")
+    r.known(data, TOP_KEYS, "")
 
     traces = data.get("traces")
     if isinstance(traces, str):
         traces = {"path": traces}
     traces = r.mapping(traces, "traces")
-    traces_path = r.file(r.string(traces, "path", "traces.path"), "traces.path")
+    r.known(traces, {"path", "limit", "max_chars"}, "traces")
+    traces_path = r.file(r.string(traces, "path", "traces.path"))
 
-    scorer = r.model(r.string(data, "scorer", "scorer"), "scorer")
-    student = r.model(r.string(data, "student", "student"), "student")
+    scorer = r.model(r.string(data, "scorer", "scorer"))
+    student = r.model(r.string(data, "student", "student"))
 
     methods_data = r.mapping(data.get("methods"), "methods")
     if not methods_data:
@@ -169,8 +178,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     methods = []
     for name, spec in methods_data.items():
         key = f"methods.{name}"
-        if not name.replace("-", "").replace("_", "").isalnum():
-            r.fail(key, "a method's name may hold only letters, digits, - and _ (it names files)")
+        r.file_name(name, key, "method")
         if name == "base":
             r.fail(key, "'base' is the untrained student's row; choose another name")
         spec = r.mapping(spec, key)
@@ -183,16 +191,14 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
                               sft_overrides=sft_overrides))
 
     sft = r.mapping(data.get("sft"), "sft")
-    recipe = r.file(r.string(sft, "recipe", "sft.recipe"), "sft.recipe")
+    recipe = r.file(r.string(sft, "recipe", "sft.recipe"))
     accelerate = sft.get("accelerate")
     if accelerate is not None:
-        accelerate = r.file(r.string(sft, "accelerate", "sft.accelerate"), "sft.accelerate")
-    for k in sorted(set(sft) - {"recipe", "overrides", "accelerate"}):
-        r.fail(f"sft.{k}", "unknown key (known: recipe, overrides, accelerate)")
+        accelerate = r.file(r.string(sft, "accelerate", "sft.accelerate"))
+    r.known(sft, {"recipe", "overrides", "accelerate"}, "sft")
 
     ev = r.mapping(data.get("eval"), "eval")
-    for k in sorted(set(ev) - {"backend", "options", "benchmarks"}):
-        r.fail(f"eval.{k}", "unknown key (known: backend, options, benchmarks)")
+    r.known(ev, {"backend", "options", "benchmarks"}, "eval")
     backend = r.string(ev, "backend", "eval.backend", default="auto")
     if backend not in ("auto", "vllm", "hf"):
         r.fail("eval.backend", f"expected auto, vllm or hf, got {backend!r}")
@@ -202,13 +208,11 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     benchmarks = []
     for name, spec in benches_data.items():
         key = f"eval.benchmarks.{name}"
-        if not name.replace("-", "").replace("_", "").isalnum():
-            r.fail(key, "a benchmark's name may hold only letters, digits, - and _ (it names files)")
+        r.file_name(name, key, "benchmark")
         spec = r.mapping(spec, key)
-        for k in sorted(set(spec) - {"benchmark", "data", "options"}):
-            r.fail(f"{key}.{k}", "unknown key (known: benchmark, data, options)")
+        r.known(spec, {"benchmark", "data", "options"}, key)
         benchmarks.append(Benchmark(name=name, benchmark=r.string(spec, "benchmark", f"{key}.benchmark", default=name),
-                                    data=r.file(r.string(spec, "data", f"{key}.data"), f"{key}.data"),
+                                    data=r.file(r.string(spec, "data", f"{key}.data")),
                                     options=r.options(spec.get("options"), f"{key}.options")))
 
     reference = data.get("reference")
