@@ -32,7 +32,11 @@ def flood(line_expr: str, lines: int) -> str:
         "import os, stat\n"
         f"_line = ({line_expr}) + b'\\n'\n"
         "_fds = []\n"
-        "for _fd in range(3, 32):\n"
+        "try:\n"  # every descriptor it holds: the channel's number depends on the test process's open files
+        "    _held = [int(f) for f in os.listdir('/proc/self/fd') if int(f) > 2]\n"
+        "except OSError:\n"
+        "    _held = range(3, 1024)\n"
+        "for _fd in _held:\n"
         "    try:\n"
         "        if stat.S_ISFIFO(os.fstat(_fd).st_mode):\n"
         "            _fds.append(_fd)\n"
