@@ -26,6 +26,14 @@ pass. Variants are visited from the last step to the first, so each one crops th
 shorter prefix that still holds the full text's keys and values. ``reuse_cache=False`` runs the
 naive loop (one full forward per variant) through the same kernels; :func:`spirit_scores_ref` is
 the definition written plainly with full fp64 log-softmax logits.
+
+Batched variants (``variants_per_pass`` G > 1, fused-head models with a croppable cache): G
+consecutive variants share one forward. The cache is cropped to the group's smallest start, copied
+to batch G, and the G suffixes run right-padded from there; causal attention never lets a real
+token see the padding to its right, so no mask is needed. Each variant then recomputes the tokens
+between the group's start and its own (at most G - 1 steps), which is the price of sharing the
+pass. Scores equal the loop's up to float rounding of differently shaped matmuls; where batching
+pays is argued and measured in docs/methods.md and benchmarks/bench_spirit_batch.py.
 """
 
 from __future__ import annotations
@@ -51,10 +59,13 @@ from asap_fast.methods.common import (
     thinking_positions,
 )
 
-__all__ = ["SpiritConfig", "SpiritStage", "StepPerplexity", "spirit_scores", "spirit_scores_ref"]
+__all__ = ["SpiritConfig", "SpiritStage", "StepPerplexity", "default_variants_per_pass", "spirit_scores",
+           "spirit_scores_ref"]
 
 METHOD = "spirit"
 VARIANTS_PER_CALL = 8
+# Variants per forward when the caller does not say (see default_variants_per_pass).
+VARIANTS_PER_PASS_CUDA = 8
 
 
 @dataclass(frozen=True)
@@ -101,12 +112,48 @@ def _check_steps(prefix, steps) -> list[str]:
     return steps
 
 
-def spirit_scores(scorer, prefix: str, steps: Sequence[str], *, reuse_cache: bool = True) -> StepPerplexity:
-    """PPL of the whole thinking and of the thinking without each step (see the module doc), with
-    a loaded :class:`~asap_fast.stage2.surprisal.SurprisalScorer`. Per-token log-probs of every
-    covered row come from its fused ``linear_logsoftmax_gather`` path."""
+def default_variants_per_pass(device) -> int:
+    """SPIRIT variants per forward pass when none is given: 1 (the plain loop) on CPU, where every
+    forward is compute-bound and the tokens a group recomputes are a pure loss (measured in
+    benchmarks/bench_spirit_batch.py); VARIANTS_PER_PASS_CUDA on a GPU, where short suffixes are
+    bound by weight reads and per-forward launch overhead that a group shares (docs/methods.md)."""
     import torch
 
+    return VARIANTS_PER_PASS_CUDA if torch.device(device).type == "cuda" else 1
+
+
+def _check_variants_per_pass(value) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"variants_per_pass must be a positive int or None, got {value!r}")
+
+
+def _group_cache(scorer, cache, size: int):
+    """A new DynamicCache holding ``cache``'s keys and values repeated ``size`` times on the batch
+    axis: the group's forward extends this copy, so the batch-1 cache keeps the full text's prefix
+    for the groups after it."""
+    from transformers import DynamicCache
+
+    group = DynamicCache(config=scorer.model.config)
+    assert len(group.layers) == len(cache.layers)
+    for source, target in zip(cache.layers, group.layers):
+        assert source.keys.shape[0] == 1
+        target.update(source.keys.expand(size, -1, -1, -1), source.values.expand(size, -1, -1, -1))
+    return group
+
+
+def spirit_scores(scorer, prefix: str, steps: Sequence[str], *, reuse_cache: bool = True,
+                  variants_per_pass: int | None = None) -> StepPerplexity:
+    """PPL of the whole thinking and of the thinking without each step (see the module doc), with
+    a loaded :class:`~asap_fast.stage2.surprisal.SurprisalScorer`. Per-token log-probs of every
+    covered row come from its fused ``linear_logsoftmax_gather`` path.
+
+    ``variants_per_pass``: variants sharing one forward over the cached prefix (None: see
+    :func:`default_variants_per_pass`; 1: one forward per variant). Groups run only with
+    ``reuse_cache`` and a fused head (the model-forward path scores one sequence per pass); the
+    loop runs otherwise."""
+    import torch
+
+    _check_variants_per_pass(variants_per_pass)
     steps = _check_steps(prefix, steps)
     texts = _variants(prefix, steps)
     scorer.check_length(texts[0])
@@ -132,8 +179,47 @@ def spirit_scores(scorer, prefix: str, steps: Sequence[str], *, reuse_cache: boo
     before = np.concatenate([[0.0], np.cumsum(np.nan_to_num(full_lp, nan=0.0))])
     valid = len(full_ids) if cache is not None else 0  # cache rows that still hold the full text's KV
 
+    group_size = variants_per_pass if variants_per_pass is not None else default_variants_per_pass(scorer.device)
+    if cache is None or not scorer.plan.fused:
+        group_size = 1
+    # Memory: a group holds G copies of up to T tokens of KV (the loop holds one) and G x T rows of
+    # activations, so G x T stays within the scorer's budget of padded tokens per pass, the bound
+    # score_batch already keeps (Qwen2.5-7B: 56 KiB of bf16 KV a token, 1.8 GiB at 32768 tokens).
+    group_size = max(1, min(group_size, scorer.max_batch_tokens // len(full_ids)))
+
+    def crop_to(start: int) -> None:
+        cached = cache.get_seq_length()
+        if start < cached:
+            cache.crop(start - cached)  # negative: drop that many tokens (all versions)
+
     ppl_without = [math.inf] * len(steps)
+    totals: dict[int, float] = {}
+    group: list[tuple[int, np.ndarray, np.ndarray, int]] = []  # (step, ids, fresh, own start)
+
+    def run_group() -> None:
+        # every member continues the cache: one batch-1 forward alone, a batch-G copy for several
+        nonlocal valid
+        start = min(valid, *(own for *_, own in group))
+        crop_to(start)
+        if len(group) == 1:
+            i, ids, fresh, _ = group[0]
+            totals[i] += log_probs(ids, fresh, start, cache).sum()
+        else:
+            width = max(len(ids) for _, ids, _, _ in group) - start
+            batch = np.full((len(group), width), scorer.pad_token_id, dtype=np.int64)
+            for r, (_, ids, _, _) in enumerate(group):
+                batch[r, : len(ids) - start] = ids[start:]
+            rows = np.concatenate([r * width + fresh - 1 - start for r, (_, _, fresh, _) in enumerate(group)])
+            targets = np.concatenate([ids[fresh] for _, ids, fresh, _ in group])
+            values = scorer.log_probs(torch.from_numpy(batch), torch.from_numpy(rows), torch.from_numpy(targets),
+                                      cache=_group_cache(scorer, cache, len(group))).double().cpu().numpy()
+            for (i, _, fresh, _), part in zip(group, np.split(values, np.cumsum([len(m[2]) for m in group])[:-1])):
+                totals[i] += part.sum()
+        valid = start
+        group.clear()
+
     encoded: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    counts: dict[int, int] = {}
     for i in reversed(range(len(steps))):  # later steps first: each crop keeps a shorter prefix
         if i not in encoded:
             # a few variants per tokenizer call: its threads help, and K x T token lists never
@@ -145,24 +231,27 @@ def spirit_scores(scorer, prefix: str, steps: Sequence[str], *, reuse_cache: boo
         positions = thinking_positions(ends, chars)
         if not positions.size:
             continue
+        counts[i] = len(positions)
         same = _common_prefix_length(ids, full_ids)  # tokens before `same` are the full text's
         reused = positions[positions < same]
         fresh = positions[positions >= same]
         # covered positions below `same` are a contiguous run from the first covered one
-        total = before[same] - before[reused[0]] if reused.size else 0.0
-        if fresh.size:
-            # the cache may hold only tokens equal to this variant's, and the row before the first
-            # fresh token must be an output of the forward, not a cached row
-            start = min(same, int(fresh[0]) - 1, valid)
-            if cache is not None and start >= 1:
-                cached = cache.get_seq_length()
-                if start < cached:
-                    cache.crop(start - cached)  # negative: drop that many tokens (all versions)
-                total += log_probs(ids, fresh, start, cache).sum()
-                valid = start
-            else:
-                total += log_probs(ids, fresh).sum()
-        ppl_without[i] = _ppl(-float(total), len(positions))
+        totals[i] = before[same] - before[reused[0]] if reused.size else 0.0
+        if not fresh.size:
+            continue
+        # the cache may hold only tokens equal to this variant's, and the row before the first
+        # fresh token must be an output of the forward, not a cached row
+        own = min(same, int(fresh[0]) - 1)
+        if cache is not None and min(own, valid) >= 1:
+            group.append((i, ids, fresh, own))
+            if len(group) == group_size:
+                run_group()
+        else:
+            totals[i] += log_probs(ids, fresh).sum()
+    if group:
+        run_group()
+    for i, total in totals.items():
+        ppl_without[i] = _ppl(-float(total), counts[i])
     return StepPerplexity(ppl_full, ppl_without)
 
 
@@ -210,8 +299,13 @@ class SpiritStage:
 
     name = METHOD
 
-    def __init__(self, scorer, config: SpiritConfig = SpiritConfig(), *, reuse_cache: bool = True):
+    def __init__(self, scorer, config: SpiritConfig = SpiritConfig(), *, reuse_cache: bool = True,
+                 variants_per_pass: int | None = None):
+        # variants_per_pass is a speed knob, not part of the config: scores equal the loop's up to
+        # float rounding (see spirit_scores)
+        _check_variants_per_pass(variants_per_pass)
         self.scorer, self.config, self.reuse_cache = scorer, config, reuse_cache
+        self.variants_per_pass = variants_per_pass
 
     def process(self, records: list[dict]) -> Iterator:
         """Each row's output or RowError, in order, yielded as it finishes (the run engine writes
@@ -231,7 +325,8 @@ class SpiritStage:
             if target.budget is not None and tokens_before <= target.budget:
                 kept, importance, tokens_after = list(range(len(row.steps))), None, tokens_before
             else:
-                scores = spirit_scores(self.scorer, row.prefix, row.steps, reuse_cache=self.reuse_cache)
+                scores = spirit_scores(self.scorer, row.prefix, row.steps, reuse_cache=self.reuse_cache,
+                                       variants_per_pass=self.variants_per_pass)
                 importance = scores.importance
                 # the budget from the one count of the thinking (as stage 2: int(ratio * tokens_before))
                 budget = target.budget if target.ratio is None else int(target.ratio * tokens_before)

@@ -388,8 +388,9 @@ class SurprisalScorer:
 
         input_ids: (B, L) int64; rows: (M,) int64 flat indices into the (B * L) positions of
         input_ids whose next-token distribution is wanted; targets: (M,) int64. With ``cache`` (a
-        transformers Cache holding the KV of the tokens before input_ids, B == 1) the forward
-        continues from it and the cache is extended in place.
+        transformers Cache holding the KV of the tokens before input_ids, with batch size B) the
+        forward continues from it and the cache is extended in place. Rows of different lengths
+        are right-padded: causal attention keeps real tokens from seeing the padding.
         """
         from asap_fast.ops import linear_logsoftmax_gather, logsoftmax_gather
 
