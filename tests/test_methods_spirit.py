@@ -3,14 +3,23 @@ restatement of the definition on real traces, and the stage prunes by stage 2's 
 
 from __future__ import annotations
 
+import json
 import math
+import random
 
 import numpy as np
 import pytest
 import torch
 
 from asap_fast.methods.common import Target
-from asap_fast.methods.spirit import SpiritConfig, SpiritStage, spirit_scores, spirit_scores_ref
+from asap_fast.methods.spirit import (
+    VARIANTS_PER_PASS_CUDA,
+    SpiritConfig,
+    SpiritStage,
+    default_variants_per_pass,
+    spirit_scores,
+    spirit_scores_ref,
+)
 from asap_fast.stage2.pruning import prune_steps_ref
 from asap_fast.stage2.surprisal import SurprisalScorer
 from asap_fast.testing import tiny_causal_lm, tiny_tokenizer, trace_case
@@ -61,14 +70,16 @@ def plain_ppl(model, tokenizer, prefix: str, steps: list[str]) -> float:
 
 @pytest.mark.slow  # full [T, V] fp64 logits per variant
 @pytest.mark.parametrize("tok_name", ["qwen2", "bos"])
-def test_cached_equals_naive_loop_and_definition_in_float64(tok_name, tokenizers, cases):
+def test_cached_equals_naive_loop_batched_and_definition_in_float64(tok_name, tokenizers, cases):
     tokenizer = tokenizers[tok_name]
     model = model_for(tokenizer, "llama" if tok_name == "bos" else "qwen2")
     scorer = SurprisalScorer(model, tokenizer)
     for prefix, steps in cases:
         cached = spirit_scores(scorer, prefix, steps)
         naive = spirit_scores(scorer, prefix, steps, reuse_cache=False)
+        batched = spirit_scores(scorer, prefix, steps, variants_per_pass=4)
         ref = spirit_scores_ref(model, tokenizer, prefix, steps)
+        np.testing.assert_allclose(batched.ppl_without, cached.ppl_without, rtol=1e-10)
         np.testing.assert_allclose(cached.ppl_without, naive.ppl_without, rtol=1e-10)
         np.testing.assert_allclose(cached.ppl_without, ref.ppl_without, rtol=1e-10)
         assert cached.ppl_full == pytest.approx(ref.ppl_full, rel=1e-10)
@@ -163,3 +174,166 @@ def test_single_step_removal_leaves_nothing_to_score(tokenizers):
     scores = spirit_scores(scorer, "Q\n<think>\n", ["Only one step here."])
     assert scores.ppl_without == [math.inf] and scores.importance == [math.inf]
     assert math.isfinite(scores.ppl_full)
+
+
+# -- batched variants (variants_per_pass) ---------------------------------------------------------
+
+class ShapeScorer(SurprisalScorer):
+    """Records the batch size of every forward (to see that groups really share a pass)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batches = []
+
+    def log_probs(self, input_ids, rows, targets, *, cache=None):
+        self.batches.append(int(input_ids.shape[0]))
+        return super().log_probs(input_ids, rows, targets, cache=cache)
+
+
+# Fragments whose joins re-tokenize at step boundaries: leading spaces, punctuation and digits
+# merge with the "\n\n" separator or the previous step's last token in byte-level BPE.
+FRAGMENTS = ["x", " ", "1", "23", ".", ",", "'s", "\n", " the", "ab", "é", "?!", "-", "    ", "\t", "=", "Let"]
+
+
+def generated_cases(seed: int, count: int) -> list[tuple[str, list[str]]]:
+    rng = random.Random(seed)
+    cases = []
+    for n in range(count):
+        prefix = rng.choice(["", "Q\n<think>\n", "What is 2+2?\n<think>\n", " \n"])
+        steps = ["".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 6)))
+                 for _ in range(1 if n % 7 == 0 else rng.randint(2, 9))]
+        cases.append((prefix, steps))
+    return cases
+
+
+def boundary_facts(tokenizer, prefix, steps) -> tuple[int, int]:
+    """(variants whose removal changes a token that ends before the removed step's first character,
+    variants that share every token with the full text: nothing fresh to run)."""
+    full = tokenizer(prefix + "\n\n".join(steps), return_offsets_mapping=True)
+    changed = unchanged = 0
+    for i in range(len(steps)):
+        ids = tokenizer(prefix + "\n\n".join(steps[:i] + steps[i + 1:]))["input_ids"]
+        cut = len(prefix + "\n\n".join(steps[:i])) + (2 if i + 1 < len(steps) else 0)  # the separator
+        kept = [t for t, (_, end) in enumerate(full["offset_mapping"]) if end <= cut]
+        same = next((t for t, (a, b) in enumerate(zip(ids, full["input_ids"])) if a != b), min(len(ids), len(full["input_ids"])))
+        changed += bool(kept) and same < len(kept)
+        unchanged += ids == full["input_ids"][: len(ids)]
+    return changed, unchanged
+
+
+def test_batched_equals_loop_and_definition_on_real_traces_float64(tokenizers, cases):
+    """Two real traces here; the slow test above runs every case for G = 4."""
+    tokenizer = tokenizers["qwen2"]
+    model = model_for(tokenizer)
+    scorer = ShapeScorer(model, tokenizer)
+    for prefix, steps in cases[:2]:
+        loop = spirit_scores(scorer, prefix, steps, variants_per_pass=1)
+        ref = spirit_scores_ref(model, tokenizer, prefix, steps)
+        for group in (2, 5, 64):
+            scorer.batches.clear()
+            batched = spirit_scores(scorer, prefix, steps, variants_per_pass=group)
+            # the groups really share a pass (the last variant may have nothing fresh to run)
+            assert min(group, len(steps) - 1) <= max(scorer.batches) <= group
+            np.testing.assert_allclose(batched.ppl_without, loop.ppl_without, rtol=1e-10)
+            np.testing.assert_allclose(batched.ppl_without, ref.ppl_without, rtol=1e-10)
+            assert batched.ppl_full == loop.ppl_full
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_batched_equals_loop_in_float32(attn, tokenizers, cases):
+    """Right padding needs no mask under either attention: only rounding separates the paths."""
+    tokenizer = tokenizers["qwen2"]
+    model = model_for(tokenizer, dtype=torch.float32)
+    model.set_attn_implementation(attn)
+    scorer = ShapeScorer(model, tokenizer)
+    for prefix, steps in cases[:2] if attn == "sdpa" else cases[:1]:  # eager is slow on long batches
+        loop = spirit_scores(scorer, prefix, steps, variants_per_pass=1)
+        ref = spirit_scores_ref(model, tokenizer, prefix, steps)
+        for group in (3, 8):
+            batched = spirit_scores(scorer, prefix, steps, variants_per_pass=group)
+            loop_error = np.max(np.abs(np.array(loop.ppl_without) / np.array(ref.ppl_without) - 1))
+            batched_error = np.max(np.abs(np.array(batched.ppl_without) / np.array(ref.ppl_without) - 1))
+            print(f"{attn} G={group}: loop vs fp64 {loop_error:.2e}, batched vs fp64 {batched_error:.2e}")
+            np.testing.assert_allclose(batched.ppl_without, ref.ppl_without, rtol=2e-5)
+            np.testing.assert_allclose(batched.ppl_without, loop.ppl_without, rtol=1e-5)
+    assert max(scorer.batches) > 1
+
+
+@pytest.mark.parametrize("tok_name", ["qwen2", "bos"])
+def test_batched_equals_loop_and_definition_on_generated_edges(tok_name, tokenizers):
+    """Re-tokenized boundaries, variants with nothing fresh, single steps, an empty prefix (step
+    0's group reaches token 0 and runs alone from scratch), groups larger than K."""
+    tokenizer = tokenizers[tok_name]
+    model = model_for(tokenizer, "llama" if tok_name == "bos" else "qwen2")
+    scorer = SurprisalScorer(model, tokenizer)
+    changed = unchanged = singles = 0
+    for prefix, steps in generated_cases(seed=11 if tok_name == "qwen2" else 12, count=24):
+        facts = boundary_facts(tokenizer, prefix, steps)
+        changed, unchanged, singles = changed + facts[0], unchanged + facts[1], singles + (len(steps) == 1)
+        ref = spirit_scores_ref(model, tokenizer, prefix, steps)
+        loop = spirit_scores(scorer, prefix, steps, variants_per_pass=1)
+        for group in (2, 3, len(steps) + 4):
+            batched = spirit_scores(scorer, prefix, steps, variants_per_pass=group)
+            np.testing.assert_allclose(batched.ppl_without, loop.ppl_without, rtol=1e-10)
+            np.testing.assert_allclose(batched.ppl_without, ref.ppl_without, rtol=1e-10)
+            assert batched.ppl_full == pytest.approx(ref.ppl_full, rel=1e-10)
+    # the generator reached the cases it is for
+    assert changed >= 3 and unchanged >= 3 and singles >= 2, (changed, unchanged, singles)
+
+
+def test_batching_falls_back_to_the_loop_where_it_cannot_run(tokenizers, cases):
+    """The model-forward head scores one sequence per pass, the naive loop has no cache to share:
+    both run batch-1 forwards and give the same values."""
+    tokenizer = tokenizers["qwen2"]
+    model = model_for(tokenizer)
+    prefix, steps = cases[0]
+    ref = spirit_scores_ref(model, tokenizer, prefix, steps)
+    for scorer, opts in [(ShapeScorer(model, tokenizer, head="model"), {}),
+                         (ShapeScorer(model, tokenizer), {"reuse_cache": False})]:
+        scores = spirit_scores(scorer, prefix, steps, variants_per_pass=8, **opts)
+        assert set(scorer.batches) == {1}
+        np.testing.assert_allclose(scores.ppl_without, ref.ppl_without, rtol=1e-10)
+
+
+def test_group_size_is_capped_by_the_token_budget(tokenizers, cases):
+    tokenizer = tokenizers["qwen2"]
+    prefix, steps = max(cases, key=lambda c: len(c[1]))
+    full = len(tokenizer(prefix + "\n\n".join(steps))["input_ids"])
+    scorer = ShapeScorer(model_for(tokenizer), tokenizer, max_batch_tokens=3 * full + 1)
+    spirit_scores(scorer, prefix, steps, variants_per_pass=64)
+    assert max(scorer.batches) == 3
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "4"])
+def test_variants_per_pass_must_be_a_positive_int(value, tokenizers):
+    tokenizer = tokenizers["qwen2"]
+    scorer = SurprisalScorer(model_for(tokenizer), tokenizer)
+    with pytest.raises(ValueError, match="variants_per_pass must be a positive int"):
+        spirit_scores(scorer, "Q\n<think>\n", ["a", "b"], variants_per_pass=value)
+    with pytest.raises(ValueError, match="variants_per_pass must be a positive int"):
+        SpiritStage(scorer, variants_per_pass=value)
+
+
+def test_default_is_the_loop_on_cpu_and_groups_on_cuda():
+    assert default_variants_per_pass("cpu") == 1
+    assert default_variants_per_pass(torch.device("cuda", 0)) == VARIANTS_PER_PASS_CUDA > 1
+
+
+def test_stage_output_is_the_same_for_every_group_size(tokenizers, cases):
+    """float64: the rows' bytes are identical for every G. float32: the same steps are kept and
+    the same text written; the PPLs differ only by rounding (about 1e-9 relative), which the
+    importance (a difference of two PPLs near the vocabulary size) shows as up to 1e-6 absolute."""
+    tokenizer = tokenizers["qwen2"]
+    records = [record_of(prefix, steps, id=str(n)) for n, (prefix, steps) in enumerate(cases[:2])]
+    for dtype, groups, rows in [(torch.float64, (1, 3, 64), records), (torch.float32, (1, 3), records[:1])]:
+        scorer = SurprisalScorer(model_for(tokenizer, dtype=dtype), tokenizer)
+        outputs = {group: [json.dumps(row, sort_keys=True) for row in
+                           SpiritStage(scorer, variants_per_pass=group).process(rows)] for group in groups}
+        for group in groups[1:]:
+            if dtype == torch.float64:
+                assert outputs[group] == outputs[1]
+            for mine, loop in zip(outputs[group], outputs[1]):
+                mine, loop = json.loads(mine), json.loads(loop)
+                assert {k: v for k, v in mine.items() if k != "step_importance"} == \
+                       {k: v for k, v in loop.items() if k != "step_importance"}
+                assert mine["step_importance"] == pytest.approx(loop["step_importance"], rel=1e-6, abs=1e-4)
