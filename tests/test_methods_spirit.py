@@ -314,9 +314,10 @@ def test_variants_per_pass_must_be_a_positive_int(value, tokenizers):
         SpiritStage(scorer, variants_per_pass=value)
 
 
-def test_default_is_the_loop_on_cpu_and_groups_on_cuda():
-    assert default_variants_per_pass("cpu") == 1
-    assert default_variants_per_pass(torch.device("cuda", 0)) == VARIANTS_PER_PASS_CUDA > 1
+def test_default_is_the_loop_on_cpu_and_for_large_models_groups_for_small_ones_on_cuda():
+    assert default_variants_per_pass("cpu", 5 * 10**8) == 1
+    assert default_variants_per_pass(torch.device("cuda", 0), 5 * 10**8) == VARIANTS_PER_PASS_CUDA > 1
+    assert default_variants_per_pass("cuda", 7 * 10**9) == 1
 
 
 def test_stage_output_is_the_same_for_every_group_size(tokenizers, cases):

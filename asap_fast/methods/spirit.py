@@ -65,7 +65,10 @@ __all__ = ["SpiritConfig", "SpiritStage", "StepPerplexity", "default_variants_pe
 METHOD = "spirit"
 VARIANTS_PER_CALL = 8
 # Variants per forward when the caller does not say (see default_variants_per_pass).
-VARIANTS_PER_PASS_CUDA = 8
+VARIANTS_PER_PASS_CUDA = 4
+# Above this many parameters a GPU forward of a typical suffix is compute-bound: batching saves
+# launches and weight reads worth fewer tokens than the group recomputes (docs/methods.md).
+BATCHED_MAX_PARAMETERS = 2 * 10**9
 
 
 @dataclass(frozen=True)
@@ -112,14 +115,20 @@ def _check_steps(prefix, steps) -> list[str]:
     return steps
 
 
-def default_variants_per_pass(device) -> int:
-    """SPIRIT variants per forward pass when none is given: 1 (the plain loop) on CPU, where every
-    forward is compute-bound and the tokens a group recomputes are a pure loss (measured in
-    benchmarks/bench_spirit_batch.py); VARIANTS_PER_PASS_CUDA on a GPU, where short suffixes are
-    bound by weight reads and per-forward launch overhead that a group shares (docs/methods.md)."""
+def default_variants_per_pass(device, parameters: int) -> int:
+    """SPIRIT variants per forward pass when none is given, for a model of ``parameters`` on
+    ``device``: 1 (the plain loop) on CPU, where every forward is compute-bound and the tokens a
+    group recomputes buy nothing (measured in benchmarks/bench_spirit_batch.py), and on a GPU for
+    models over BATCHED_MAX_PARAMETERS, whose forwards are compute-bound above ~130 tokens (7B on
+    an H200); VARIANTS_PER_PASS_CUDA for smaller models on a GPU, whose forwards of up to ~1,000
+    tokens are bound by kernel launches and weight reads that a group shares. 4 rather than more:
+    each member recomputes up to G - 1 steps (about (G - 1) / K more tokens in all). Argued, not
+    yet measured on a GPU."""
     import torch
 
-    return VARIANTS_PER_PASS_CUDA if torch.device(device).type == "cuda" else 1
+    if torch.device(device).type != "cuda" or parameters > BATCHED_MAX_PARAMETERS:
+        return 1
+    return VARIANTS_PER_PASS_CUDA
 
 
 def _check_variants_per_pass(value) -> None:
@@ -179,7 +188,9 @@ def spirit_scores(scorer, prefix: str, steps: Sequence[str], *, reuse_cache: boo
     before = np.concatenate([[0.0], np.cumsum(np.nan_to_num(full_lp, nan=0.0))])
     valid = len(full_ids) if cache is not None else 0  # cache rows that still hold the full text's KV
 
-    group_size = variants_per_pass if variants_per_pass is not None else default_variants_per_pass(scorer.device)
+    group_size = variants_per_pass
+    if group_size is None:
+        group_size = default_variants_per_pass(scorer.device, sum(p.numel() for p in scorer.model.parameters()))
     if cache is None or not scorer.plan.fused:
         group_size = 1
     # Memory: a group holds G copies of up to T tokens of KV (the loop holds one) and G x T rows of
