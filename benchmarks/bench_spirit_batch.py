@@ -13,6 +13,8 @@ share of the time is smaller here than there and the LM head's larger; the head'
 scored token, is the same for every provider). Tokenizer: a byte-level BPE trained in-process on
 the traces (as asap_fast.bench.stage2). Trace: for each ``--tokens`` T, the real trace with the
 fewest tokens >= T, cut to its leading steps that fit (asap_fast.bench.stage2.pick_case).
+``--demo-scorer``: the bundled demo scorer (asap_fast.DEFAULT_SCORER, 4M parameters, Qwen
+vocabulary) and its tokenizer instead, a model whose forwards are all fixed cost.
 
 Reported: seconds per trace (p20/p50/p80 over rounds; each round calls every provider once, the
 order rotating), the per-round ratio to the loop, the forwards and the tokens fed to the model
@@ -73,6 +75,7 @@ def main() -> None:
     parser.add_argument("--intermediate", type=int, default=4864)
     parser.add_argument("--vocab", type=int, default=151936)
     parser.add_argument("--tokenizer-vocab", type=int, default=16384)
+    parser.add_argument("--demo-scorer", action="store_true", help="the bundled 4M-parameter demo scorer instead of the probe")
     parser.add_argument("--reps", type=int, default=2, help="timed rounds after one warmup round (default: 2)")
     parser.add_argument("--no-naive", action="store_true", help="skip the naive loop (K + 1 full forwards)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
@@ -88,10 +91,16 @@ def main() -> None:
     from asap_fast.testing import tiny_causal_lm, tiny_tokenizer
 
     records = read_cot_traces(COT_TRACES)
-    tokenizer = tiny_tokenizer([r["generation"] for r in records], vocab_size=args.tokenizer_vocab)
-    model = tiny_causal_lm(args.vocab, "qwen2", hidden=args.hidden, layers=args.layers, heads=args.heads,
-                           kv_heads=args.kv_heads, intermediate=args.intermediate, tie_word_embeddings=True,
-                           max_position_embeddings=1 << 17, init_std=0.02).to(device)
+    if args.demo_scorer:
+        from asap_fast.stage2.fine import ScorerSpec
+
+        demo = ScorerSpec(device=args.device).load(quiet=True)
+        model, tokenizer = demo.model, demo.tokenizer
+    else:
+        tokenizer = tiny_tokenizer([r["generation"] for r in records], vocab_size=args.tokenizer_vocab)
+        model = tiny_causal_lm(args.vocab, "qwen2", hidden=args.hidden, layers=args.layers, heads=args.heads,
+                               kv_heads=args.kv_heads, intermediate=args.intermediate, tie_word_embeddings=True,
+                               max_position_embeddings=1 << 17, init_std=0.02).to(device)
     scorer = CountingScorer(model, tokenizer, max_length=1 << 20)
     print(f"{device_name(device)} | {versions()}")
     providers = {"loop (G=1)": {"variants_per_pass": 1}}
@@ -101,7 +110,9 @@ def main() -> None:
     csv_rows = []
     for target in args.tokens:
         prefix, steps, n_tokens, trace_id = pick_case(records, tokenizer, target, log=print)
-        shape = (f"T={n_tokens},K={len(steps)},D={args.hidden},L={args.layers},V={args.vocab},trace={trace_id}")
+        config = model.config
+        shape = (f"T={n_tokens},K={len(steps)},D={config.hidden_size},L={config.num_hidden_layers},"
+                 f"V={config.vocab_size},P={sum(p.numel() for p in model.parameters()) / 1e6:.0f}M,trace={trace_id}")
         times = {name: [] for name in providers}
         counts, results = {}, {}
         names = list(providers)
