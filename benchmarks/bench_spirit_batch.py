@@ -13,8 +13,8 @@ share of the time is smaller here than there and the LM head's larger; the head'
 scored token, is the same for every provider). Tokenizer: a byte-level BPE trained in-process on
 the traces (as asap_fast.bench.stage2). Trace: for each ``--tokens`` T, the real trace with the
 fewest tokens >= T, cut to its leading steps that fit (asap_fast.bench.stage2.pick_case).
-``--demo-scorer``: the bundled demo scorer (asap_fast.DEFAULT_SCORER, 4M parameters, Qwen
-vocabulary) and its tokenizer instead, a model whose forwards are all fixed cost.
+``--demo-scorer``: the bundled demo scorer (asap_fast.DEFAULT_SCORER, 4M parameters, hidden 256,
+4 layers, vocab 4,096) and its tokenizer instead: the smallest forwards, where fixed costs weigh most.
 
 Reported: seconds per trace (p20/p50/p80 over rounds; each round calls every provider once, the
 order rotating), the per-round ratio to the loop, the forwards and the tokens fed to the model
