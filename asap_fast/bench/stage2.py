@@ -370,7 +370,8 @@ def _run_group(spec: dict, tmp: Path, env: dict, log) -> dict | None:
                           capture_output=True, text=True, check=False, cwd=tmp)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        log(f"worker for {spec['providers']} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        when = " after writing its result" if lines else ""  # a crash in teardown, not in the measurement
+        log(f"worker for {spec['providers']} failed (exit {proc.returncode}){when}:\n{proc.stderr[-3000:]}")
         return None
     return json.loads(lines[-1][len("RESULT "):])
 
