@@ -186,9 +186,11 @@ def reference_stage2(model, tokenizer, prefix: str, steps: list[str], ratio: flo
 
 
 def _vllm_caller(spec: dict, tokenizer, encoded):
-    """(call, info): a function scoring and pruning every case through vLLM's prompt_logprobs."""
+    """(call, info, close): a function scoring and pruning every case through vLLM's prompt_logprobs,
+    and one stopping its engine."""
     from vllm import LLM, SamplingParams
 
+    from asap_fast.stage1.llm import shutdown_vllm
     from asap_fast.stage2.pruning import prune_steps
 
     longest = max(len(e) for e in encoded)
@@ -207,7 +209,7 @@ def _vllm_caller(spec: dict, tokenizer, encoded):
             results.append((scores, prune_steps(steps, scores, tokenizer, ratio=spec["ratio"])))
         return results
 
-    return call, info
+    return call, info, lambda: shutdown_vllm(llm)
 
 
 def run_worker(spec_path: Path) -> None:
@@ -226,10 +228,11 @@ def run_worker(spec_path: Path) -> None:
     cases, ratio = spec["cases"], spec["ratio"]
     encoded = [encode_trace(tokenizer, prefix, steps) for prefix, steps in cases]
     outputs: dict = {p: {} for p in spec["providers"]}
-    calls = {}
+    calls, closers = {}, []
     if "vllm" in spec["providers"]:
-        call, info = _vllm_caller(spec, tokenizer, encoded)
+        call, info, close = _vllm_caller(spec, tokenizer, encoded)
         calls["vllm"] = call
+        closers.append(close)
         outputs["vllm"].update(info)
     if set(spec["providers"]) - {"vllm"}:
         model = AutoModelForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32).eval()
@@ -288,6 +291,8 @@ def run_worker(spec_path: Path) -> None:
     outputs["_positions"] = [e.positions.tolist() for e in encoded]
     outputs["_tokens"] = [len(e) for e in encoded]
     print("RESULT " + json.dumps(outputs), flush=True)
+    for close in closers:
+        close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,7 +370,8 @@ def _run_group(spec: dict, tmp: Path, env: dict, log) -> dict | None:
                           capture_output=True, text=True, check=False, cwd=tmp)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
-        log(f"worker for {spec['providers']} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        when = " after writing its result" if lines else ""  # a crash in teardown, not in the measurement
+        log(f"worker for {spec['providers']} failed (exit {proc.returncode}){when}:\n{proc.stderr[-3000:]}")
         return None
     return json.loads(lines[-1][len("RESULT "):])
 

@@ -131,6 +131,9 @@ class HFGenerator:
         self.tokenizer = tokenizer
         self.batch_size = batch_size
 
+    def close(self) -> None:
+        """Nothing to stop (the model is freed with this object); the generators' common interface."""
+
     @classmethod
     def from_pretrained(cls, path: str, *, dtype: str = "auto", device: str | None = None,
                         batch_size: int = 8, trust_remote_code: bool = False) -> HFGenerator:
@@ -244,6 +247,12 @@ class VLLMGenerator:
             latency = _request_latency(out)
             samples.append([_finish_vllm(tok, c, eos, max_new_tokens, latency) for c in out.outputs])
         return GenerationRun(samples, wall, self.backend, {"per_request_latency": "vLLM request metrics"})
+
+    def close(self) -> None:
+        """Stop the engine (its processes and threads) now: see :func:`asap_fast.stage1.llm.shutdown_vllm`."""
+        from asap_fast.stage1.llm import shutdown_vllm
+
+        shutdown_vllm(self.llm)
 
 
 def _finish_vllm(tokenizer, completion, eos: set[int], max_new_tokens: int, latency_s: float | None) -> Generation:

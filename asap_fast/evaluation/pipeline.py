@@ -136,10 +136,13 @@ def _generate(cfg: EvalConfig, problems: list[Problem], max_new_tokens: int, log
         max_model_len=cfg.max_model_len, gpu_memory_utilization=cfg.gpu_memory_utilization, seed=cfg.seed,
         batch_size=cfg.batch_size, trust_remote_code=cfg.trust_remote_code,
     )
-    prompts = [build_prompt(generator.tokenizer, content) for content in user_contents(cfg, problems)]
-    log(f"generating {len(prompts)} x {cfg.num_samples} with {generator.backend} (max {max_new_tokens} new tokens)")
-    run = generator.generate(prompts, max_new_tokens=max_new_tokens, num_samples=cfg.num_samples,
-                             temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+    try:
+        prompts = [build_prompt(generator.tokenizer, content) for content in user_contents(cfg, problems)]
+        log(f"generating {len(prompts)} x {cfg.num_samples} with {generator.backend} (max {max_new_tokens} new tokens)")
+        run = generator.generate(prompts, max_new_tokens=max_new_tokens, num_samples=cfg.num_samples,
+                                 temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
+    finally:
+        generator.close()
     samples = [
         Sample(p.task_id, g.text, g.num_tokens, g.latency_s, g.finish_reason)
         for p, gens in zip(problems, run.samples, strict=True)
