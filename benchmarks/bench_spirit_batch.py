@@ -37,13 +37,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import append_rows, device_name, make_row, percentiles, print_table  # noqa: E402
+from _common import append_rows, device_name, make_row, percentiles, print_table
 
-from asap_fast.bench.stage2 import pick_case  # noqa: E402
-from asap_fast.data import COT_TRACES, read_cot_traces  # noqa: E402
-from asap_fast.methods.spirit import spirit_scores  # noqa: E402
-from asap_fast.stage2.pruning import prune_steps_result  # noqa: E402
-from asap_fast.stage2.surprisal import SurprisalScorer  # noqa: E402
+from asap_fast.bench.stage2 import pick_case
+from asap_fast.data import COT_TRACES, read_cot_traces
+from asap_fast.methods.spirit import spirit_scores
+from asap_fast.stage2.pruning import prune_steps_result
+from asap_fast.stage2.surprisal import SurprisalScorer
 
 
 class CountingScorer(SurprisalScorer):
