@@ -338,3 +338,22 @@ def test_stage_output_is_the_same_for_every_group_size(tokenizers, cases):
                 assert {k: v for k, v in mine.items() if k != "step_importance"} == \
                        {k: v for k, v in loop.items() if k != "step_importance"}
                 assert mine["step_importance"] == pytest.approx(loop["step_importance"], rel=1e-6, abs=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_batched_equals_loop_on_cuda(dtype, tokenizers, cases):
+    """The GPU path (Triton head kernel, CUDA attention, the default G for a small model): batched
+    equals the loop up to the dtype's rounding, both near the fp64 definition on CPU."""
+    tokenizer = tokenizers["qwen2"]
+    model = model_for(tokenizer)
+    scorer = ShapeScorer(model_for(tokenizer, dtype=dtype).to("cuda"), tokenizer)
+    tolerance = {torch.float32: 1e-4, torch.bfloat16: 5e-2}[dtype]
+    for prefix, steps in cases[:3]:
+        ref = spirit_scores_ref(model, tokenizer, prefix, steps)
+        loop = spirit_scores(scorer, prefix, steps, variants_per_pass=1)
+        scorer.batches.clear()
+        batched = spirit_scores(scorer, prefix, steps)  # the default on CUDA for a tiny model
+        assert 1 < max(scorer.batches) <= VARIANTS_PER_PASS_CUDA
+        np.testing.assert_allclose(batched.ppl_without, loop.ppl_without, rtol=tolerance)
+        np.testing.assert_allclose(batched.ppl_without, ref.ppl_without, rtol=tolerance)
