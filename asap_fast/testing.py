@@ -14,8 +14,8 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 
-__all__ = ["DEFAULT_CORPUS", "PRE_TOKENIZERS", "PeakLiveBytes", "tiny_causal_lm", "tiny_token_classifier", "tiny_tokenizer",
-           "trace_case"]
+__all__ = ["DEFAULT_CORPUS", "PRE_TOKENIZERS", "PeakLiveBytes", "as_foreground", "tiny_causal_lm",
+           "tiny_token_classifier", "tiny_tokenizer", "trace_case"]
 
 # The Qwen2 / Qwen2.5 / DeepSeek-R1-Distill-Qwen pre-tokenizer regex (the one the paper's scorer uses).
 QWEN2_SPLIT = (
@@ -291,6 +291,15 @@ def tiny_token_classifier(path, family: str = "xlm-roberta-large", *, texts: Ite
     model.save_pretrained(path)
     fast.save_pretrained(path)
     return path
+
+
+def as_foreground() -> None:
+    """``preexec_fn`` for a child a test will Ctrl-C: SIGINT back to its default, as in a process a
+    terminal starts. A shell starts background jobs with SIGINT ignored and every descendant inherits
+    that, so a test run from such a job (a CI script) would send Ctrl-Cs that nothing receives."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def trace_case(record: dict, *, max_chars: int | None = None, max_prompt_chars: int | None = None):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,7 @@ import yaml
 from asap_fast.cli import main as asap_main
 from asap_fast.experiment import build_plan, load_experiment, run_experiment
 from asap_fast.experiment.results import collect_results
+from asap_fast.testing import as_foreground
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "experiments" / "cpu-smoke.yaml"
@@ -242,21 +244,29 @@ def test_a_small_experiment_runs_reuses_and_reruns_one_method(tmp_path):
     assert {str(p.relative_to(out).parent) for p in rerun} == {"compress/asap", "sft/asap", "eval/asap/eval-mini"}
 
 
-def test_ctrl_c_stops_the_step_and_a_rerun_picks_it_up(tmp_path):
-    import signal
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_the_step_and_a_rerun_picks_it_up(tmp_path, sig):
+    """Ctrl-C (SIGINT to the runner) or a scheduler's stop (SIGTERM): the runner stops the step's
+    child, says which step, exits 130; the re-run's plan resumes that step."""
     import time
 
     config = smoke_config(tmp_path, lambda d: d.update(traces={"path": "asap_fast:cot-traces", "limit": 40}))
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "asap_fast.cli", "experiment", str(config), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tempfile.mkdtemp())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tempfile.mkdtemp(),
+                            preexec_fn=as_foreground)
     log = out / "compress" / "asap" / "log.txt"
     deadline = time.monotonic() + 120
     while not log.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
     assert log.exists(), "the compress step never started"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    proc.send_signal(sig)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        raise AssertionError(f"the runner did not stop within 120 s of the signal; its output:\n{err[-3000:]}")
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == ("asap experiment: interrupted during step compress/asap; run the same "
                                             "command again to go on (finished steps are kept)")

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from asap_fast.pipeline.records import rejects_path
+from asap_fast.testing import as_foreground
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "sample-traces.jsonl"
 ASAP = str(Path(sys.executable).parent / "asap")
@@ -57,7 +58,7 @@ def asap(*args, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
 
 def start(*args, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen([ASAP, *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL, cwd=cwd, env=ENV)
+                            stdin=subprocess.DEVNULL, cwd=cwd, env=ENV, preexec_fn=as_foreground)
 
 
 def one_line(result) -> str:

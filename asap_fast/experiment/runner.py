@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import select
 import shlex
 import shutil
 import subprocess
@@ -154,6 +155,7 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike, *, only: str | N
             raise ExperimentError(f"--only {only}: it needs {', '.join(missing)}, not finished; run without --only")
     out_dir.mkdir(parents=True, exist_ok=True)
     from asap_fast.pipeline.claim import OutputBusy, claim_output
+    from asap_fast.pipeline.engine import SigtermAsInterrupt
 
     try:
         claim_output(out_dir / "experiment")
@@ -175,10 +177,11 @@ def run_experiment(exp: Experiment, out_dir: str | os.PathLike, *, only: str | N
         _prepare_dir(s)
         started = time.perf_counter()
         try:
-            if s.kind == "traces":
-                _select_traces(exp, s)
-            else:
-                _run_child(s, quiet)
+            with SigtermAsInterrupt():  # a scheduler's stop ends the step (and its child) as Ctrl-C does
+                if s.kind == "traces":
+                    _select_traces(exp, s)
+                else:
+                    _run_child(s, quiet)
         except KeyboardInterrupt:
             raise StepInterrupted(f"interrupted during step {s.name}; run the same command again to go on "
                                   f"(finished steps are kept)") from None
@@ -273,7 +276,17 @@ def _run_child(s: Step, quiet: bool) -> None:
         proc = subprocess.Popen(argv, cwd=s.dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
         try:
-            while chunk := os.read(proc.stdout.fileno(), 1 << 16):
+            while True:
+                # Wait in short slices, not in one blocking read: a Ctrl-C that the kernel hands to
+                # another thread of this process does not interrupt a read in the main thread, and
+                # a child can stay silent for minutes (a model loading, a long row); the handler's
+                # KeyboardInterrupt is raised here within a slice instead.
+                ready, _, _ = select.select([proc.stdout], [], [], 0.25)
+                if not ready:
+                    continue
+                chunk = os.read(proc.stdout.fileno(), 1 << 16)
+                if not chunk:
+                    break
                 log.write(chunk)
                 log.flush()
                 if not quiet:

@@ -567,7 +567,7 @@ BatchFn = Callable[[list[dict]], "Iterable[dict | RowError]"]
 _MISSING = object()
 
 
-class _Sigterm:
+class SigtermAsInterrupt:
     """SIGTERM (a scheduler's stop, `kill`) handled like Ctrl-C while a run is in progress."""
 
     def __enter__(self):
@@ -668,7 +668,7 @@ def _run_claimed(input: Path, output, *, stage, process, options, manifest_optio
 
     damage: InputDamaged | None = None
     try:
-        with _Sigterm():
+        with SigtermAsInterrupt():
             batch: list[Row] = []  # every row in input order; unreadable ones carry their error
             rows_read = read_rows(input, start_row + writer.rows, stop_row,
                                   expect_prefix=writer.input_prefix if writer.rows else None)
